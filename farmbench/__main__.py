@@ -1,0 +1,3 @@
+from farmbench.cli import main
+
+main()

@@ -1,0 +1,304 @@
+"""The command line: each command parses its options, calls a plain function, and prints. No logic lives here.
+
+Every option can also come from the environment: ``FARMBENCH_<COMMAND>_<OPTION>`` (click's auto_envvar_prefix),
+and the shared ones from ``FARMBENCH_CACHE_DIR``. Errors are :class:`FarmbenchError` and are caught once, in
+:func:`main`, which maps them to the exit-code policy (see ``farmbench.errors``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from farmbench import __version__
+from farmbench.errors import EXIT_FAILURE, EXIT_USAGE, FarmbenchError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FARMBENCH", "max_content_width": 110}
+
+
+def _join(values: Sequence[str]) -> str | None:
+    """Repeated and comma-separated list flags -> one comma-separated value for the config layer (None if unset)."""
+    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    return ",".join(parts) if parts else None
+
+
+def _cache(cache_dir: Path | None) -> Any:
+    from farmbench.variants.cache import ArtifactCache
+
+    return ArtifactCache(cache_dir)
+
+
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(path_type=Path, file_okay=False), envvar="FARMBENCH_CACHE_DIR",
+    help="Artifact cache [env FARMBENCH_CACHE_DIR; default $XDG_CACHE_HOME/farmbench or ~/.cache/farmbench].",
+)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="farmbench")
+def cli() -> None:
+    """Build MobileNet variants and benchmark them on phones, edge boards and this machine.
+
+    Start with `farmbench build --plan` to see what the default sweep contains, then `farmbench build`.
+    """
+
+
+def _variant_options(func: Any) -> Any:
+    """The variant-grid flags shared by `build` (and later `run`). Lists: repeat the flag or separate by commas."""
+    options = [
+        click.option("--sweep", "sweep_path", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Sweep TOML file; flags below override its [variants] keys."),
+        click.option("--family", multiple=True, metavar="NAME[,NAME]",
+                     help="mobilenet_v1, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large."),
+        click.option("--width", multiple=True, metavar="ALPHA[,ALPHA]", help="Width multipliers, each > 0."),
+        click.option("--resolution", multiple=True, metavar="PX[,PX]", help="Input sizes in pixels, each >= 32."),
+        click.option("--quant", multiple=True, metavar="MODE[,MODE]",
+                     help="fp32, fp16, dynamic-int8, int8, int8-io."),
+        click.option("--format", "formats", multiple=True, metavar="FMT[,FMT]", help="tflite, onnx."),
+        click.option("--weights", default=None, metavar="random|imagenet|FILE",
+                     help="Weights: seeded random (trained briefly on a synthetic task), Keras ImageNet, or a file."),
+        click.option("--seed", type=int, default=None, help="Seed for random weights."),
+        click.option("--minimalistic/--no-minimalistic", default=None, help="MobileNetV3 minimalistic variant."),
+        click.option("--model", "models", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+                     help="Your own .tflite/.onnx file to include (repeatable)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _sweep_from_options(sweep_path: Path | None, family: Sequence[str], width: Sequence[str],
+                        resolution: Sequence[str], quant: Sequence[str], formats: Sequence[str],
+                        weights: str | None, seed: int | None, minimalistic: bool | None,
+                        models: Sequence[Path]) -> Any:
+    from farmbench import config
+
+    overrides: dict[str, object] = {
+        "family": _join(family), "width": _join(width), "resolution": _join(resolution), "quant": _join(quant),
+        "format": _join(formats), "weights": weights, "seed": seed, "minimalistic": minimalistic,
+        "models": [str(m) for m in models] or None,
+    }
+    if sweep_path is not None:
+        return config.merge_overrides(config.load_sweep(sweep_path), overrides)
+    if all(value is None for value in overrides.values()):
+        return config.default_sweep()
+    return config.sweep_from_values("command-line", overrides)
+
+
+class _Progress:
+    """Plain progress lines on stderr, one per artifact as it finishes (readable in CI logs and terminals)."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total = total
+        self.done = 0
+        self.quiet = quiet
+        self.started = time.monotonic()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        kind = event.get("event")
+        elapsed = time.monotonic() - self.started
+        if kind == "group-start":
+            click.echo(f"[{elapsed:6.1f}s] building {event['name']} ({event['artifacts']} artifacts,"
+                       f" ~{event['estimated_memory_mb'] / 1024:.1f} GB)", err=True)
+        elif kind == "model":
+            click.echo(f"[{elapsed:6.1f}s]   model {event['name']} ready ({event['weights']},"
+                       f" {event['seconds']:.1f} s)", err=True)
+        elif kind == "done":
+            self.done += 1
+            status = event["status"]
+            if status == "cached":
+                return
+            line = f"[{elapsed:6.1f}s]   {self.done}/{self.total} {status:<6} {event['name']} ({event['seconds']:.1f} s)"
+            if event.get("error"):
+                line += f"\n             {event['error']}"
+            click.echo(line, err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@_variant_options
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Also copy artifacts and manifests here under readable names.")
+@click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Parallel build workers (0 = number of cores); memory limits them further.")
+@click.option("--max-memory-gb", type=click.FloatRange(min=0.5), default=None,
+              help="Memory the build workers may use together [default: 85% of available].")
+@click.option("--force", is_flag=True, help="Rebuild even what the cache holds.")
+@click.option("--plan", is_flag=True, help="List the variants and their ImageNet weights status; build nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@cache_dir_option
+def build(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...], resolution: tuple[str, ...],
+          quant: tuple[str, ...], formats: tuple[str, ...], weights: str | None, seed: int | None,
+          minimalistic: bool | None, models: tuple[Path, ...], out: Path | None, jobs: int,
+          max_memory_gb: float | None, force: bool, plan: bool, as_json: bool, quiet: bool,
+          cache_dir: Path | None) -> None:
+    """Build MobileNet variants (TFLite and ONNX) into the cache, or take them from it.
+
+    Without --sweep or flags, builds the default sweep (the one `farmbench run` uses).
+
+    \b
+    Examples:
+      farmbench build --family mobilenet_v2 --width 0.35,0.5 --resolution 96 --quant fp32,int8
+      farmbench build --sweep my_sweep.toml --out ./models
+      farmbench build --plan --weights imagenet --family mobilenet_v1 --width 0.25,0.3
+    """
+    from farmbench.variants.build import BuildOptions
+    from farmbench.variants.plan import build_sweep, copy_out, plan_rows, variants_of
+
+    sweep = _sweep_from_options(sweep_path, family, width, resolution, quant, formats, weights, seed,
+                                minimalistic, models)
+    if plan:
+        rows = plan_rows(sweep)
+        if as_json:
+            click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+        else:
+            from farmbench.ui import table
+
+            click.echo(table(["variant", "imagenet weights"], [(r.name, r.imagenet) for r in rows]))
+            click.echo(f"\n{len(rows)} variants in sweep {sweep.name!r}")
+        return
+    total = len(variants_of(sweep)) + len(sweep.variants.models)
+    options = BuildOptions(cache=_cache(cache_dir), jobs=jobs, force=force,
+                           memory_budget_mb=int(max_memory_gb * 1024) if max_memory_gb else None,
+                           on_event=_Progress(total, quiet or as_json))
+    started = time.monotonic()
+    results = build_sweep(sweep, options)
+    wall_s = time.monotonic() - started
+    if out is not None:
+        copy_out(results, out)
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        click.echo(json.dumps({
+            "sweep": sweep.name, "wall_seconds": round(wall_s, 3),
+            "artifacts": [{"name": r.name, "key": r.key, "status": r.status, "seconds": round(r.seconds, 3),
+                           "path": str(r.entry.model_path) if r.entry else None, "error": r.error}
+                          for r in results],
+        }, indent=2))
+    else:
+        _print_build_table(results)
+        built = sum(r.status == "built" for r in results)
+        cached = sum(r.status == "cached" for r in results)
+        click.echo(f"\n{built} built, {cached} from cache, {len(failed)} failed in {wall_s:.1f} s"
+                   f" (cache: {options.cache.root})" + (f"; copied to {out}" if out else ""))
+    if failed:
+        for r in failed:
+            click.echo(f"error: {r.name}: {r.error}", err=True)
+        sys.exit(EXIT_FAILURE)
+
+
+def _print_build_table(results: Sequence[Any]) -> None:
+    from farmbench.ui import human_bytes, table
+
+    rows = []
+    for r in results:
+        m = r.entry.manifest if r.entry else {}
+        inputs = m.get("inputs") or [{}]
+        agreement = (m.get("verification") or {}).get("top1_agreement_vs_keras")
+        rows.append((
+            r.name, r.status,
+            human_bytes(m["size_bytes"]) if m else "",
+            f"{m['param_count'] / 1e6:.2f}" if m else "",
+            f"{m['macs'] / 1e6:.1f}" if m else "",
+            inputs[0].get("dtype", ""),
+            "" if agreement is None else f"{agreement:.2f}",
+            f"{r.seconds:.1f}" if r.status == "built" else "",
+            r.key[:12],
+        ))
+    click.echo(table(["artifact", "status", "size", "params M", "MMACs", "input", "top1=keras", "build s", "key"],
+                     rows, right=(2, 3, 4, 6, 7)))
+
+
+@cli.group(context_settings=CONTEXT)
+def cache() -> None:
+    """Inspect and prune the artifact cache."""
+
+
+@cache.command("ls", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@cache_dir_option
+def cache_ls(as_json: bool, cache_dir: Path | None) -> None:
+    """List cached artifacts, most recently used first."""
+    from farmbench.ui import human_bytes, table
+
+    store = _cache(cache_dir)
+    entries = sorted(store.entries(), key=lambda e: e.last_used_s(), reverse=True)
+    if as_json:
+        click.echo(json.dumps([{"key": e.key, "name": e.manifest.get("name"), "path": str(e.model_path),
+                                "size_bytes": e.size_bytes, "last_used": e.last_used_s()} for e in entries],
+                              indent=2))
+        return
+    rows = [(e.key[:12], e.manifest.get("name"), human_bytes(e.size_bytes),
+             (e.manifest.get("build") or {}).get("built_at", ""),
+             datetime.fromtimestamp(e.last_used_s()).isoformat(timespec="seconds")) for e in entries]
+    click.echo(table(["key", "artifact", "size", "built", "last used"], rows, right=(2,)))
+    total = sum(e.size_bytes for e in entries)
+    click.echo(f"\n{len(entries)} artifacts, {human_bytes(total)} in {store.root}")
+
+
+@cache.command("prune", context_settings=CONTEXT)
+@click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), default=None,
+              help="Remove artifacts unused for more than this many days.")
+@click.option("--max-size-gb", type=click.FloatRange(min=0), default=None,
+              help="Then remove the least recently used until the cache is at most this size.")
+@click.option("--key", "keys", multiple=True, help="Remove artifacts whose key starts with this (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Remove every artifact.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@cache_dir_option
+def cache_prune(older_than_days: float | None, max_size_gb: float | None, keys: tuple[str, ...],
+                everything: bool, dry_run: bool, cache_dir: Path | None) -> None:
+    """Remove cached artifacts by age, total size, key, or all of them."""
+    from farmbench.errors import UsageError
+    from farmbench.ui import human_bytes
+
+    if older_than_days is None and max_size_gb is None and not keys and not everything:
+        raise UsageError("say what to prune", hint="use --older-than DAYS, --max-size-gb GB, --key KEY or --all")
+    store = _cache(cache_dir)
+    removed = store.prune(
+        older_than_s=None if older_than_days is None else older_than_days * 86400,
+        max_total_bytes=None if max_size_gb is None else int(max_size_gb * 2**30),
+        keys=keys, everything=everything, dry_run=dry_run,
+    )
+    verb = "would remove" if dry_run else "removed"
+    for entry in removed:
+        click.echo(f"{verb} {entry.key[:12]} {entry.manifest.get('name')}")
+    click.echo(f"{verb} {len(removed)} artifacts, {human_bytes(sum(e.size_bytes for e in removed))}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]), default="bash")
+def completion(shell: str) -> None:
+    """Print the shell completion script. Example: farmbench completion bash >> ~/.bashrc"""
+    from click.shell_completion import get_completion_class
+
+    completer_class = get_completion_class(shell)
+    if completer_class is None:  # pragma: no cover - click ships all three
+        raise click.UsageError(f"no completion for {shell}")
+    completer = completer_class(cli, {}, "farmbench", "_FARMBENCH_COMPLETE")
+    click.echo(completer.source())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI and turn FarmbenchError into a message and an exit code."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="farmbench", standalone_mode=False)
+    except FarmbenchError as err:
+        click.echo(f"error: {err.format()}", err=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(EXIT_USAGE if isinstance(err, click.UsageError) else err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)

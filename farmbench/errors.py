@@ -1,0 +1,87 @@
+"""One exception root for farmbench, and the exit-code policy.
+
+Every error farmbench raises on purpose derives from :class:`FarmbenchError`. The CLI catches it once
+(in ``cli.main``), prints ``str(err)`` and its ``hint``, and exits with ``err.exit_code``:
+
+* 0 -- success
+* 1 -- a device or tool failure (``FarmbenchError`` default)
+* 2 -- a usage or configuration error (:class:`UsageError` and subclasses)
+* 3 -- a regression found by a check (not an exception; returned by the check command)
+
+Messages name the file, field, device or command involved, and the hint says what to do next.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_REGRESSION = 3
+
+
+class FarmbenchError(Exception):
+    """Root of every error farmbench raises on purpose. Exit code 1 unless a subclass says otherwise."""
+
+    exit_code: int = EXIT_FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+    def format(self) -> str:
+        """The message and, on a second line, what to do next."""
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class UsageError(FarmbenchError):
+    """The user asked for something farmbench cannot do as asked (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """A sweep or device file is wrong. Names the file, line and key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        where = ""
+        if path is not None:
+            where = str(path)
+            if line is not None:
+                where += f":{line}"
+            where += ": "
+        if key:
+            where += f"{key}: "
+        super().__init__(where + message, hint=hint)
+
+
+class BuildError(FarmbenchError):
+    """Building, converting or verifying a model artifact failed (exit 1)."""
+
+
+class WeightsUnavailableError(BuildError):
+    """Requested weights cannot be had here (e.g. ImageNet weights while offline)."""
+
+
+class ArtifactVerificationError(BuildError):
+    """A freshly built artifact failed to load, run, or match its reference. It is never kept."""
+
+
+class CacheError(FarmbenchError):
+    """The artifact cache is unreadable or inconsistent."""

@@ -1,0 +1,78 @@
+"""From a sweep to built artifacts: the plain function behind ``farmbench build`` (and the first stage of ``run``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from farmbench.config import Sweep
+from farmbench.errors import UsageError
+from farmbench.variants.build import BuildOptions, BuildResult, build_variants, import_model
+from farmbench.variants.spec import Variant, Weights, expand_grid, imagenet_weights_status
+
+
+def weights_of(sweep: Sweep) -> Weights:
+    grid = sweep.variants
+    if grid.weights == "random":
+        return Weights("random", seed=grid.seed)
+    if grid.weights == "imagenet":
+        return Weights("imagenet")
+    from farmbench.variants.inspect import sha256_file
+
+    path = Path(grid.weights)
+    if not path.is_file():
+        raise UsageError(f"weights file {path} does not exist")
+    return Weights("file", sha256=sha256_file(path), path=str(path))
+
+
+def variants_of(sweep: Sweep) -> list[Variant]:
+    grid = sweep.variants
+    if not grid.family:
+        return []
+    return expand_grid(grid.family, grid.width, grid.resolution, grid.quant, grid.format, weights_of(sweep),
+                       minimalistic=grid.minimalistic)
+
+
+@dataclass(frozen=True)
+class PlannedVariant:
+    """One row of ``farmbench build --plan``: what would be built and whether ImageNet weights exist for it."""
+
+    name: str
+    imagenet: str
+
+
+def plan_rows(sweep: Sweep) -> list[PlannedVariant]:
+    rows = [PlannedVariant(v.name(), imagenet_weights_status(v.family, v.width, v.resolution))
+            for v in variants_of(sweep)]
+    rows += [PlannedVariant(path.name, "n/a (your file)") for path in sweep.variants.models]
+    return rows
+
+
+def build_sweep(sweep: Sweep, options: BuildOptions) -> list[BuildResult]:
+    """Build every variant of the sweep and import its own model files; failures are results, not exceptions."""
+    results = build_variants(variants_of(sweep), options)
+    for path in sweep.variants.models:
+        result = import_model(path, options.cache)
+        if options.on_event:
+            options.on_event({"event": "done", "name": result.name, "status": result.status,
+                              "seconds": result.seconds, "error": result.error})
+        results.append(result)
+    return results
+
+
+def copy_out(results: list[BuildResult], out_dir: Path) -> list[Path]:
+    """Copy built artifacts and their manifests to ``out_dir`` under readable names
+    (``mobilenet_v2_a0.35_r96_int8.tflite`` and ``....tflite.json``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for result in results:
+        if result.entry is None:
+            continue
+        target = out_dir / result.name
+        shutil.copyfile(result.entry.model_path, target)
+        manifest_path = out_dir / f"{result.name}.json"
+        manifest_path.write_text(json.dumps(result.entry.manifest, indent=2, sort_keys=True))
+        written += [target, manifest_path]
+    return written
