@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import ast
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Until the package is installed (pyproject), make the repository root importable.
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from farmbench.variants import images  # noqa: E402
-from farmbench.variants.images import (  # noqa: E402
+from farmbench.variants import images
+from farmbench.variants.images import (
     CALIBRATION_SEED,
     CLASS_NAMES,
     EVALUATION_SEED,

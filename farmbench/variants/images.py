@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -145,7 +145,7 @@ def _bands(in_size: int, out_size: int, widen: int, other: int) -> Tuple[Tuple[i
     nonzero = _resize_matrix(in_size, out_size) != 0
     first = np.maximum(nonzero.argmax(axis=1) - widen, 0)
     last = np.minimum(in_size - nonzero[:, ::-1].argmax(axis=1) + widen, in_size)
-    blocks = []
+    blocks: List[Tuple[int, int, int, int]] = []
     r0 = 0
     while r0 < out_size:
         r1 = r0 + 1  # first[] and last[] are non-decreasing, so a block's span is last[r1-1] - first[r0]
@@ -394,14 +394,14 @@ def _draw(
     elif shape == "rectangle":
         dist = np.maximum(np.abs(u) - dims[0], np.abs(v) - dims[1])
     elif shape == "triangle":
-        dist = None
+        edges = []  # signed distance to each edge's line; the max is the convex polygon's distance
         for i in range(3):
             p, q2 = verts[i], verts[(i + 1) % 3]
             normal = np.array((q2[1] - p[1], p[0] - q2[0])) / math.hypot(q2[0] - p[0], q2[1] - p[1])
             if normal @ (verts[(i + 2) % 3] - p) > 0:  # make it point outwards
                 normal = -normal
-            d = (u - p[0]) * normal[0] + (v - p[1]) * normal[1]
-            dist = d if dist is None else np.maximum(dist, d)
+            edges.append((u - p[0]) * normal[0] + (v - p[1]) * normal[1])
+        dist = np.maximum(np.maximum(edges[0], edges[1]), edges[2])
     elif shape == "line":
         along = np.clip(u, -dims[0], dims[0])
         dist = np.sqrt((u - along) ** 2 + v * v) - dims[1]
@@ -414,6 +414,7 @@ def _draw(
     light += texture_gain * texture[y0:y1, x0:x1]
     paint = colour[:, None, None] * light
     if pattern != "plain":
+        assert second is not None, "patterned objects need a second colour"
         p = np.sin((2.0 * math.pi / period) * u + pattern_phase)
         if pattern == "checker":
             p = p * np.sin((2.0 * math.pi / period) * v)
