@@ -20,6 +20,9 @@ from farmbench import __version__
 from farmbench.errors import EXIT_FAILURE, EXIT_USAGE, FarmbenchError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FARMBENCH", "max_content_width": 110}
+# Subcommands leave auto_envvar_prefix unset so click derives FARMBENCH_<COMMAND> from their parent; setting it
+# again would make every option FARMBENCH_<OPTION>, whatever the command.
+SUBCOMMAND_CONTEXT = {key: value for key, value in CONTEXT.items() if key != "auto_envvar_prefix"}
 
 
 def _join(values: Sequence[str]) -> str | None:
@@ -122,7 +125,7 @@ class _Progress:
             click.echo(line, err=True)
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
 @_variant_options
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Also copy artifacts and manifests here under readable names.")
@@ -216,12 +219,12 @@ def _print_build_table(results: Sequence[Any]) -> None:
                      rows, right=(2, 3, 4, 6, 7)))
 
 
-@cli.group(context_settings=CONTEXT)
+@cli.group(context_settings=SUBCOMMAND_CONTEXT)
 def cache() -> None:
     """Inspect and prune the artifact cache."""
 
 
-@cache.command("ls", context_settings=CONTEXT)
+@cache.command("ls", context_settings=SUBCOMMAND_CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @cache_dir_option
 def cache_ls(as_json: bool, cache_dir: Path | None) -> None:
@@ -243,7 +246,7 @@ def cache_ls(as_json: bool, cache_dir: Path | None) -> None:
     click.echo(f"\n{len(entries)} artifacts, {human_bytes(total)} in {store.root}")
 
 
-@cache.command("prune", context_settings=CONTEXT)
+@cache.command("prune", context_settings=SUBCOMMAND_CONTEXT)
 @click.option("--older-than", "older_than_days", type=click.FloatRange(min=0), default=None,
               help="Remove artifacts unused for more than this many days.")
 @click.option("--max-size-gb", type=click.FloatRange(min=0), default=None,
@@ -272,7 +275,7 @@ def cache_prune(older_than_days: float | None, max_size_gb: float | None, keys: 
     click.echo(f"{verb} {len(removed)} artifacts, {human_bytes(sum(e.size_bytes for e in removed))}")
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]), default="bash")
 def completion(shell: str) -> None:
     """Print the shell completion script. Example: farmbench completion bash >> ~/.bashrc"""

@@ -371,7 +371,7 @@ def _build_items(task: _GroupTask, todo: list[_Item], cache: ArtifactCache, log_
                 producers.produce(item.format, item.quant, target)
                 verification = verify_artifact(target, item.quant, verify_x, reference)
                 manifest = _manifest(task, item, target, common, verification, time.perf_counter() - item_started)
-                cache.commit(item.key, staging, manifest)
+                cache.commit(item.key, staging, manifest, replace=task.force)
                 status, error = "built", None
             except Exception as exc:
                 cache.discard(staging)
@@ -503,7 +503,9 @@ def _manifest(task: _GroupTask, item: _Item, path: Path, common: dict[str, Any],
                      "python": sys.version.split()[0]},
         "build": {"built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "host": socket.gethostname(), "convert_seconds": round(seconds, 3),
-                  "model_seconds": round(common["model_seconds"], 3)},
+                  "model_seconds": round(common["model_seconds"], 3),
+                  # Peak RSS of the group's worker so far: model build/training plus conversions up to this one.
+                  "worker_peak_rss_mb": round(_peak_rss_mb(), 1)},
         "verification": verification,
     }
 

@@ -102,10 +102,11 @@ class ArtifactCache:
         path.mkdir()
         return path
 
-    def commit(self, key: str, staging: Path, manifest: dict[str, Any]) -> CacheEntry:
+    def commit(self, key: str, staging: Path, manifest: dict[str, Any], *, replace: bool = False) -> CacheEntry:
         """Write the manifest into ``staging`` and move it to its final place atomically.
 
-        If another builder committed the same key first, keep theirs (same key, same content) and drop ours.
+        If another builder committed the same key first, keep theirs (same key, same content) and drop ours --
+        unless ``replace`` (a ``--force`` rebuild), which moves the existing entry aside and puts ours in its place.
         """
         manifest = {**manifest, "schema_version": MANIFEST_SCHEMA_VERSION, "key": key}
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -113,6 +114,12 @@ class ArtifactCache:
         if final.exists() and not (final / MANIFEST_NAME).exists():
             # A leftover from an interrupted build of an older farmbench: entries without a manifest are void.
             shutil.rmtree(final, ignore_errors=True)
+        if replace and final.exists():
+            # Renamed, not deleted in place: a reader sees the old entry or none, never half of one.
+            old = self.artifacts_dir / f".tmp-old-{key[:16]}-{os.getpid()}-{time.monotonic_ns()}"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.rename(staging, final)
         except OSError:

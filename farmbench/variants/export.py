@@ -30,7 +30,12 @@ ONNX_OPSET = 17  # new enough for every op MobileNets use, old enough for ORT bu
 
 
 def export_saved_model(model: Any, directory: Path) -> None:
-    model.export(str(directory), format="tf_saved_model", verbose=False)
+    import tensorflow as tf
+
+    # Keras' export makes the batch dimension dynamic unless given a signature, and a dynamic batch adds
+    # SHAPE/STRIDED_SLICE/PACK ops before every Reshape/Flatten (V1, V3): keep the model's fixed batch of 1.
+    signature = [tf.TensorSpec(tuple(model.inputs[0].shape), tf.float32, name="input")]
+    model.export(str(directory), format="tf_saved_model", verbose=False, input_signature=signature)
 
 
 def convert_tflite(saved_model_dir: Path, quant: str, calibration: np.ndarray) -> bytes:
