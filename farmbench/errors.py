@@ -85,3 +85,50 @@ class ArtifactVerificationError(BuildError):
 
 class CacheError(FarmbenchError):
     """The artifact cache is unreadable or inconsistent."""
+
+
+class TransportError(FarmbenchError):
+    """Talking to a device failed: connection, authentication, a command that timed out, a transfer (exit 1).
+    ``transient`` says whether retrying (after reconnecting) may help."""
+
+    transient: bool = True
+
+
+class HostKeyError(TransportError):
+    """An SSH host key is unknown or does not match known_hosts. Never retried."""
+
+    transient = False
+
+
+class AuthError(TransportError):
+    """The device refused our credentials (SSH key, ADB key not accepted). Never retried."""
+
+    transient = False
+
+
+class ConnectError(TransportError):
+    """The device could not be reached: refused, no route, unknown name, no answer, or not speaking SSH."""
+
+
+class CommandTimeoutError(TransportError):
+    """A command on a device ran past its timeout; it has been killed there."""
+
+
+class TransferTimeoutError(TransportError):
+    """A push or pull ran past its timeout; the partial file was removed (best effort)."""
+
+
+class RunnerError(FarmbenchError):
+    """Running a model on a device failed in a way the runtime explained (unsupported op, bad model)."""
+
+    transient = False
+
+
+class StoreError(FarmbenchError):
+    """The results database cannot be opened, is too new for this farmbench, or is inconsistent (exit 1)."""
+
+
+class RunNotFoundError(StoreError):
+    """A run id the user named is not in the results database (exit 2: a usage error)."""
+
+    exit_code = EXIT_USAGE
