@@ -500,7 +500,30 @@ SWEEP_FIELDS: tuple[Field, ...] = (
     Field("name", "str", doc="sweep name shown in reports; defaults to the file name without .toml"),
 )
 
-SWEEP_TABLES: dict[str, tuple[Field, ...]] = {"variants": VARIANT_FIELDS}
+RUNTIMES = ("auto", "litert", "tflite_runtime", "tensorflow", "onnxruntime")
+ORT_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+RUN_FIELDS: tuple[Field, ...] = (
+    Field("devices", "str_list", default=("local",),
+          doc="devices to run on: names of files in device_configs/ (or paths), or ssh://[user@]host[:port]"),
+    Field("runtime", "str_list", default=("auto",), choices=RUNTIMES,
+          doc="runtimes: auto (litert, else tflite_runtime, else tensorflow for .tflite; onnxruntime for .onnx)"),
+    Field("threads", "int_list", default=(1,), min_value=1, doc="intra-op threads, each >= 1"),
+    Field("xnnpack", "str_list", default=("on",), choices=("on", "off"), doc="LiteRT XNNPACK delegate on/off"),
+    Field("ort_provider", "str", default="CPUExecutionProvider", doc="ONNX Runtime execution provider"),
+    Field("ort_opt_level", "str", default="all", choices=ORT_OPT_LEVELS, doc="ONNX Runtime graph optimisation"),
+    Field("warmup_runs", "int", default=5, min_value=0, doc="warm-up inferences before timing (at least)"),
+    Field("warmup_min_s", "float", default=0.5, min_value=0, doc="warm-up lasts at least this many seconds"),
+    Field("runs", "int", default=50, min_value=1, doc="timed inferences (at least)"),
+    Field("min_s", "float", default=1.0, min_value=0, doc="timed runs last at least this many seconds"),
+    Field("max_s", "float", default=60.0, min_exclusive=0, doc="timed runs stop after this many seconds"),
+    Field("repeats", "int", default=3, min_value=1, doc="independent sessions (fresh process) per combination"),
+    Field("affinity", "str", default="", doc="CPU list to pin the benchmark to, e.g. '0-3' (empty: no pinning)"),
+    Field("order_seed", "int", default=0, min_value=0, doc="seed of the interleaved measurement order"),
+    Field("timeout_s", "float", default=600.0, min_exclusive=0, doc="give up on one measurement after this"),
+)
+
+SWEEP_TABLES: dict[str, tuple[Field, ...]] = {"variants": VARIANT_FIELDS, "run": RUN_FIELDS}
 """The tables a sweep file may have, each described by its fields. All are optional."""
 
 
@@ -523,6 +546,40 @@ class VariantGrid:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """How to measure: the [run] table. List fields are axes of the plan (each combination is measured)."""
+
+    devices: tuple[str, ...]
+    runtime: tuple[str, ...]
+    threads: tuple[int, ...]
+    xnnpack: tuple[str, ...]
+    ort_provider: str
+    ort_opt_level: str
+    warmup_runs: int
+    warmup_min_s: float
+    runs: int
+    min_s: float
+    max_s: float
+    repeats: int
+    affinity: str
+    order_seed: int
+    timeout_s: float
+
+
+def _run_config(doc: TomlDocument, key_path: KeyPath, values: Mapping[str, Any]) -> RunConfig:
+    if values["min_s"] > values["max_s"]:
+        raise doc.error(f"min_s ({values['min_s']}) is larger than max_s ({values['max_s']})", (*key_path, "min_s"))
+    if not values["devices"]:
+        raise doc.error("is empty: nothing to run on", (*key_path, "devices"), hint='e.g. devices = ["local"]')
+    return RunConfig(**{f.name: tuple(values[f.name]) if f.is_list else values[f.name] for f in RUN_FIELDS})
+
+
+def default_run_config() -> RunConfig:
+    doc = TomlDocument.from_string("", COMMAND_LINE)
+    return _run_config(doc, (), validate_table(doc, (), {}, RUN_FIELDS))
+
+
+@dataclass(frozen=True)
 class Sweep:
     """A validated sweep. ``sha256`` identifies its content in results: the file's bytes when loaded unchanged
     from a file, else the canonical JSON of its values. ``path`` is the file it came from, if any."""
@@ -531,6 +588,7 @@ class Sweep:
     path: Path | None
     variants: VariantGrid
     sha256: str
+    run: RunConfig = dataclasses.field(default_factory=lambda: default_run_config())
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -544,6 +602,7 @@ def load_sweep(path: str | Path) -> Sweep:
         name=name if isinstance(name, str) else doc.path.stem,
         path=doc.path,
         variants=_variant_grid(doc, ("variants",), tables["variants"]),
+        run=_run_config(doc, ("run",), tables["run"]),
         # The document's text is the file's bytes decoded strictly as UTF-8, so this is the hash of the file.
         sha256=hashlib.sha256(doc.text.encode("utf-8")).hexdigest(),
     )
@@ -575,6 +634,18 @@ def merge_overrides(sweep: Sweep, overrides: Mapping[str, object]) -> Sweep:
         return sweep
     merged = sweep_from_values(sweep.name, {**_grid_values(sweep.variants), **given})
     return dataclasses.replace(merged, path=sweep.path)
+
+
+def merge_run_overrides(sweep: Sweep, overrides: Mapping[str, object]) -> Sweep:
+    """``sweep`` with the [run] keys given on the command line (those not None) replaced, re-validated."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if not given:
+        return sweep
+    doc = TomlDocument.from_string("", COMMAND_LINE)
+    current = {f.name: list(getattr(sweep.run, f.name)) if f.is_list else getattr(sweep.run, f.name)
+               for f in RUN_FIELDS}
+    run = _run_config(doc, (), validate_table(doc, (), {**current, **given}, RUN_FIELDS))
+    return dataclasses.replace(sweep, run=run)
 
 
 def default_sweep() -> Sweep:

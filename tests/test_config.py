@@ -311,7 +311,7 @@ def test_a_grid_that_builds_nothing_is_rejected(tmp_path: Path) -> None:
 def test_unknown_top_level_table_is_rejected(tmp_path: Path) -> None:
     error = load_error(tmp_path, "name = 'x'\n\n[extras]\nfoo = 1\n")
     assert (error.line, error.key) == (3, "extras")
-    assert error.hint == "valid keys here: name, variants"
+    assert error.hint == "valid keys here: name, variants, run"
 
 
 def test_variants_must_be_a_table(tmp_path: Path) -> None:
@@ -384,3 +384,22 @@ def test_merge_overrides_replaces_given_keys_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must be > 0") as info:
         merge_overrides(sweep, {"width": 0})
     assert info.value.key == "width"
+
+
+def test_run_table_is_validated_with_locations(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "[variants]\nfamily = ['mobilenet_v2']\n\n[run]\nthreads = [0]\n")
+    assert (error.line, error.key) == (5, "run.threads")
+    error = load_error(tmp_path, "[run]\nwarmup_run = 3\n")
+    assert error.key == "run.warmup_run" and error.hint is not None and "warmup_runs" in error.hint
+    error = load_error(tmp_path, "[run]\nmin_s = 5.0\nmax_s = 1.0\n")
+    assert error.key == "run.min_s" and "max_s" in error.message
+
+
+def test_run_table_defaults_and_values(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("[run]\ndevices = ['local', 'ssh://pi@board:2222']\nthreads = '1,4'\nrepeats = 2\n")
+    sweep = load_sweep(path)
+    assert sweep.run.devices == ("local", "ssh://pi@board:2222")
+    assert sweep.run.threads == (1, 4)
+    assert sweep.run.repeats == 2
+    assert sweep.run.runtime == ("auto",) and sweep.run.warmup_runs == 5
