@@ -549,10 +549,11 @@ def import_model(path: Path, cache: ArtifactCache) -> BuildResult:
     try:
         target = staging / f"model.{fmt}"
         shutil.copyfile(path, target)
-        facts = inspect_model(target)
+        # Check the user's file, not the copy, so that errors name the file the user gave (same bytes).
+        facts = inspect_model(path)
         shape = tuple(1 if d < 0 else d for d in facts.inputs[0].shape)
         rng = np.random.default_rng(0)
-        output = HostModel(target).run_one(rng.uniform(-1.0, 1.0, size=shape).astype(np.float32))
+        output = HostModel(path).run_one(rng.uniform(-1.0, 1.0, size=shape).astype(np.float32))
         if not np.isfinite(output).all():
             raise ArtifactVerificationError(f"{path} gives non-finite outputs on a random input")
         manifest = {
