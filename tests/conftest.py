@@ -79,3 +79,6 @@ def empty_cache(tmp_path: Path) -> Path:
     path = tmp_path / "cache"
     path.mkdir()
     return path
+
+
+pytest_plugins = ["tests.peers.sshd"]
