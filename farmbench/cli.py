@@ -91,6 +91,10 @@ def _sweep_from_options(sweep_path: Path | None, family: Sequence[str], width: S
         return config.merge_overrides(config.load_sweep(sweep_path), overrides)
     if all(value is None for value in overrides.values()):
         return config.default_sweep()
+    grid_flags = ("family", "width", "resolution", "quant", "format", "weights", "seed", "minimalistic")
+    if overrides["models"] and all(overrides[key] is None for key in grid_flags):
+        # Only --model given: benchmark just those files, not the default grid as well.
+        overrides["family"] = []
     return config.sweep_from_values("command-line", overrides)
 
 
@@ -217,6 +221,228 @@ def _print_build_table(results: Sequence[Any]) -> None:
         ))
     click.echo(table(["artifact", "status", "size", "params M", "MMACs", "input", "top1=keras", "build s", "key"],
                      rows, right=(2, 3, 4, 6, 7)))
+
+
+db_option = click.option(
+    "--db", "db_path", type=click.Path(path_type=Path, dir_okay=False), envvar="FARMBENCH_DB",
+    help="Results database [env FARMBENCH_DB; default $XDG_DATA_HOME/farmbench/results.db].",
+)
+
+
+def _run_options(func: Any) -> Any:
+    """The [run] keys of a sweep file as flags; given flags override the file's values."""
+    options = [
+        click.option("--device", "-d", "devices", multiple=True, metavar="NAME|URL",
+                     help="Device: local, a name from device_configs/, a .toml path, or ssh://[user@]host[:port]."),
+        click.option("--runtime", "runtimes", multiple=True, metavar="NAME[,NAME]",
+                     help="auto, litert, tflite_runtime, tensorflow, onnxruntime."),
+        click.option("--threads", multiple=True, metavar="N[,N]", help="Intra-op threads (an axis)."),
+        click.option("--xnnpack", multiple=True, metavar="on|off", help="LiteRT XNNPACK delegate (an axis)."),
+        click.option("--runs", type=int, default=None, help="Timed inferences (at least)."),
+        click.option("--min-s", type=float, default=None, help="Timed runs last at least this long."),
+        click.option("--max-s", type=float, default=None, help="Timed runs stop after this long."),
+        click.option("--warmup-runs", type=int, default=None, help="Warm-up inferences (at least)."),
+        click.option("--warmup-min-s", type=float, default=None, help="Warm-up lasts at least this long."),
+        click.option("--repeats", type=int, default=None, help="Independent sessions per combination."),
+        click.option("--affinity", default=None, help="CPU list to pin the benchmark to, e.g. 0-3."),
+        click.option("--order-seed", type=int, default=None, help="Seed of the interleaved order."),
+        click.option("--timeout-s", type=float, default=None, help="Give up on one measurement after this."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
+@_variant_options
+@_run_options
+@db_option
+@click.option("--accept-new-host-key", is_flag=True,
+              help="On first contact with an SSH board, record its host key (a changed key is always refused).")
+@click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, help="Parallel build workers.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@cache_dir_option
+def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...], resolution: tuple[str, ...],
+        quant: tuple[str, ...], formats: tuple[str, ...], weights: str | None, seed: int | None,
+        minimalistic: bool | None, models: tuple[Path, ...], devices: tuple[str, ...], runtimes: tuple[str, ...],
+        threads: tuple[str, ...], xnnpack: tuple[str, ...], runs: int | None, min_s: float | None,
+        max_s: float | None, warmup_runs: int | None, warmup_min_s: float | None, repeats: int | None,
+        affinity: str | None, order_seed: int | None, timeout_s: float | None, db_path: Path | None,
+        accept_new_host_key: bool, jobs: int, as_json: bool, quiet: bool, cache_dir: Path | None) -> None:
+    """Build what is missing, then measure every variant on every device and store the results.
+
+    Without --sweep or flags, runs the default sweep on this machine.
+
+    \b
+    Examples:
+      farmbench run
+      farmbench run --family mobilenet_v2 --width 0.35 --resolution 96 --quant fp32,int8 --device local
+      farmbench run --sweep nightly.toml --device rpi5 --device ssh://pi@10.0.0.7 --threads 1,4
+    """
+    from farmbench import config
+    from farmbench.devices.config import resolve_device
+    from farmbench.orchestrator import run_sweep
+    from farmbench.results.store import ResultStore
+    from farmbench.variants.build import BuildOptions
+    from farmbench.variants.plan import build_sweep, variants_of
+
+    sweep = _sweep_from_options(sweep_path, family, width, resolution, quant, formats, weights, seed,
+                                minimalistic, models)
+    sweep = config.merge_run_overrides(sweep, {
+        "devices": _join(devices), "runtime": _join(runtimes), "threads": _join(threads),
+        "xnnpack": _join(xnnpack), "runs": runs, "min_s": min_s, "max_s": max_s, "warmup_runs": warmup_runs,
+        "warmup_min_s": warmup_min_s, "repeats": repeats, "affinity": affinity, "order_seed": order_seed,
+        "timeout_s": timeout_s,
+    })
+    device_configs = [resolve_device(ref) for ref in sweep.run.devices]  # config errors before any work
+    progress = _Progress(len(variants_of(sweep)) + len(sweep.variants.models), quiet or as_json)
+    results = build_sweep(sweep, BuildOptions(cache=_cache(cache_dir), jobs=jobs, on_event=progress))
+    with ResultStore(db_path) as store:
+        summary = run_sweep(sweep, results, device_configs, store, command=sys.argv,
+                            on_event=_RunProgress(quiet or as_json), accept_new_host_key=accept_new_host_key)
+        if as_json:
+            click.echo(json.dumps({**summary.__dict__, "exit_code": summary.exit_code, "db": str(store.path)},
+                                  indent=2, default=str))
+        else:
+            _print_results(store, [summary.run_id])
+            click.echo(f"\nrun {summary.run_id}: {summary.ok} ok, {summary.failed} failed, {summary.skipped}"
+                       f" skipped of {summary.planned} planned in {summary.wall_s:.1f} s (results: {store.path})")
+            for device, artifact, message in summary.failures:
+                click.echo(f"failed: {artifact} on {device}: {message}", err=True)
+            for name, message in summary.build_failures:
+                click.echo(f"not built: {name}: {message}", err=True)
+            for line in summary.not_planned:
+                click.echo(f"not planned: {line}", err=True)
+    sys.exit(summary.exit_code)
+
+
+class _RunProgress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.started = time.monotonic()
+        self.count = 0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.started
+        kind = event.get("event")
+        if kind == "device-connect":
+            click.echo(f"[{elapsed:6.1f}s] {event['device']}: connecting", err=True)
+        elif kind == "device-ready":
+            runtimes = ", ".join(f"{k} {v}" for k, v in event["runtimes"].items()) or "none"
+            click.echo(f"[{elapsed:6.1f}s] {event['device']}: ready (runtimes: {runtimes})", err=True)
+        elif kind == "measured":
+            self.count += 1
+            record = event["record"]
+            detail = ""
+            if record.status == "ok" and record.samples_us:
+                ordered = sorted(record.samples_us)
+                detail = f" p50 {ordered[len(ordered) // 2] / 1000:.3f} ms, n={len(ordered)}"
+            elif record.error_message:
+                detail = f" {record.error_class}: {record.error_message.splitlines()[0][:160]}"
+            click.echo(f"[{elapsed:6.1f}s] {event['device']}: {self.count} {record.status:<7} {event['artifact']}"
+                       f" [{record.runtime} t{record.config.get('threads')}]{detail}", err=True)
+
+
+def _print_results(store: Any, run_ids: Sequence[str] | None) -> None:
+    from farmbench.ui import table
+
+    frame = store.frame(run_ids)
+    if frame.empty:
+        click.echo("no measurements")
+        return
+    # Plan order is shuffled on purpose; people read results grouped.
+    frame = frame.sort_values(["device", "artifact", "runtime", "threads", "repeat"], kind="stable")
+    rows = []
+    for r in frame.itertuples():
+        def ms(value: Any) -> str:
+            return "" if value is None or value != value else f"{value / 1000:.3f}"
+
+        ci = "" if r.ci95_low_us != r.ci95_low_us or r.ci95_low_us is None else \
+            f"{r.ci95_low_us / 1000:.3f}-{r.ci95_high_us / 1000:.3f}"
+        rows.append((r.device, r.artifact, f"{r.runtime} {r.runtime_version or ''}".strip(), r.threads, r.status,
+                     ms(r.p50_us), ms(r.p90_us), ms(r.p99_us), ci,
+                     "" if r.init_ms != r.init_ms or r.init_ms is None else f"{r.init_ms:.1f}",
+                     "" if r.peak_rss_mb != r.peak_rss_mb or r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
+                     r.flags or (r.error_class or "")))
+    click.echo(table(["device", "artifact", "runtime", "thr", "status", "p50 ms", "p90 ms", "p99 ms",
+                      "p50 95% CI", "init ms", "RSS MB", "flags / error"], rows, right=(3, 5, 6, 7, 9, 10)))
+
+
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
+@click.option("--run", "run_ids", multiple=True, help="Run id (repeatable; default: the latest run).")
+@click.option("--all-runs", is_flag=True, help="Every run in the database.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@db_option
+def results(run_ids: tuple[str, ...], all_runs: bool, fmt: str, db_path: Path | None) -> None:
+    """Show stored measurements (default: the latest run) or, with --format json, the runs and their ids."""
+    from farmbench.errors import UsageError
+    from farmbench.results.store import ResultStore
+
+    with ResultStore(db_path, create=False) as store:
+        runs_info = store.runs()
+        if not runs_info:
+            raise UsageError(f"no runs in {store.path}", hint="run `farmbench run` first")
+        selected = None if all_runs else (list(run_ids) or [runs_info[-1].id])
+        if fmt == "json":
+            chosen = [r for r in runs_info if selected is None or r.id in selected]
+            click.echo(json.dumps({"runs": [r.to_json() for r in chosen],
+                                   "measurements": json.loads(store.frame(selected).to_json(orient="records"))},
+                                  indent=2, default=str))
+            return
+        for info in runs_info:
+            if selected is None or info.id in selected:
+                click.echo(f"run {info.id}  {info.status}  sweep {info.sweep_name}  started {info.started_at}")
+        _print_results(store, selected)
+
+
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--run", "run_ids", multiple=True, help="Run id (repeatable; default: every run).")
+@db_option
+def export(fmt: str, out: Path, run_ids: tuple[str, ...], db_path: Path | None) -> None:
+    """Export measurements (one row each, with statistics and context) as CSV, Parquet or JSON."""
+    from farmbench.results.store import ResultStore
+
+    with ResultStore(db_path, create=False) as store:
+        path = store.export(out, fmt, list(run_ids) or None)
+    click.echo(f"wrote {path}")
+
+
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
+@click.option("--probe", is_flag=True, help="Connect to each device and describe it.")
+@click.option("--device", "-d", "refs", multiple=True, help="Only these devices (names or URLs).")
+@click.option("--accept-new-host-key", is_flag=True, help="Record unknown SSH host keys on first contact.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def devices(probe: bool, refs: tuple[str, ...], accept_new_host_key: bool, as_json: bool) -> None:
+    """List configured devices; with --probe, connect and show OS, CPU, governors, Python and runtimes."""
+    from farmbench.devices.config import configured_devices, resolve_device
+    from farmbench.devices.probe import probe_device
+    from farmbench.ui import table
+
+    configs = [resolve_device(ref) for ref in refs] if refs else configured_devices()
+    if not probe:
+        rows = [(d.name, d.kind, d.get("host") or "", d.source, d.get("description") or "") for d in configs]
+        if as_json:
+            click.echo(json.dumps([{"name": d.name, "kind": d.kind, "source": d.source} for d in configs], indent=2))
+        else:
+            click.echo(table(["device", "kind", "host", "config", "description"], rows))
+        return
+    reports = [probe_device(d, accept_new_host_key=accept_new_host_key) for d in configs]
+    if as_json:
+        click.echo(json.dumps(reports, indent=2, default=str))
+    else:
+        for report in reports:
+            click.echo(f"{report['name']} ({report['kind']}): {report['status']}")
+            for key, value in report.get("summary", {}).items():
+                click.echo(f"  {key:<12} {value}")
+            if report.get("error"):
+                click.echo(f"  error        {report['error']}")
+    if any(r["status"] != "reachable" for r in reports):
+        sys.exit(EXIT_FAILURE)
 
 
 @cli.group(context_settings=SUBCOMMAND_CONTEXT)

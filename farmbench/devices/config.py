@@ -40,7 +40,8 @@ DEVICE_FIELDS: tuple[Field, ...] = (
           doc="ssh: on first contact, record the board's host key in known_hosts (a changed key is always refused)"),
     Field("connect_timeout_s", "float", default=10.0, min_exclusive=0, doc="give up connecting after this"),
     # Boards and the host
-    Field("python", "str", default="python3", doc="Python 3.8+ interpreter on the device that runs the agent"),
+    Field("python", "str",
+          doc="Python 3.8+ on the device that runs the agent (default: python3; for local, farmbench's own Python)"),
     Field("cache_dir", "str", default="",
           doc="where farmbench keeps models and the agent on the device (default ~/.cache/farmbench there)"),
     Field("runtimes", "str_list", default=(),

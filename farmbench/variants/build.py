@@ -178,8 +178,15 @@ def build_variants(variants: Sequence[Variant], options: BuildOptions | None = N
     tasks: list[_GroupTask] = []
     for group, members in groups_of(variants).items():
         items: list[_Item] = []
+        unavailable = _imagenet_unavailable(group)
         for variant in members:
             key = artifact_key(variant)
+            if unavailable:
+                # Known before any worker starts: no need to import Keras to say so.
+                results[key] = BuildResult(variant.name(), key, "failed", variant=variant, error=unavailable)
+                notify({"event": "done", "name": variant.name(), "status": "failed", "seconds": 0.0,
+                        "error": unavailable})
+                continue
             entry = None if options.force else options.cache.get(key)
             if entry is not None:
                 results[key] = BuildResult(variant.name(), key, "cached", entry=entry, variant=variant)
@@ -204,6 +211,17 @@ def build_variants(variants: Sequence[Variant], options: BuildOptions | None = N
                 if result.entry is None:
                     result.status, result.error = "failed", "the worker reported success but the entry is missing"
     return [results[artifact_key(v)] for v in variants]
+
+
+def _imagenet_unavailable(group: Group) -> str | None:
+    from farmbench.variants.spec import imagenet_weights_status
+
+    if group.weights.kind != "imagenet":
+        return None
+    if imagenet_weights_status(group.family, group.width, group.resolution) != "none":
+        return None
+    return (f"Keras publishes no ImageNet weights for {group.family} at width {group.width} (resolution"
+            f" {group.resolution}); use --weights random or a weights file (`farmbench build --plan` lists them)")
 
 
 def _run_pool(tasks: list[_GroupTask], jobs: int, budget_mb: int, notify: EventCallback) -> list[dict[str, Any]]:

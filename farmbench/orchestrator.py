@@ -1,0 +1,268 @@
+"""Plan and execute a benchmark run across devices.
+
+plan:    (artifact x device x runtime config x repeat). Each repeat is one round over every combination, in an
+         order shuffled with a recorded seed, so slow drift (thermal, background load) spreads over all variants
+         instead of landing on whichever ran last; repeats are independent sessions (a fresh agent process).
+execute: one worker thread per device (one measurement at a time on a device, devices in parallel). Each worker
+         connects, pushes the agent, probes, then runs its items in plan order. Every finished measurement, ok or
+         failed, is committed to the store before the next starts; a failure becomes a record and the run goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from farmbench import __version__
+from farmbench.config import RunConfig, Sweep
+from farmbench.devices.config import DeviceConfig
+from farmbench.errors import FarmbenchError, RunnerError
+from farmbench.results.schema import MeasurementRecord
+from farmbench.results.store import ResultStore
+from farmbench.runners.board import BoardSession, RunSpec, device_context, open_transport, record_from_document
+from farmbench.variants.build import BuildResult
+
+TFLITE_RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
+FORMAT_RUNTIMES = {"tflite": ("auto", *TFLITE_RUNTIMES), "onnx": ("auto", "onnxruntime")}
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    index: int
+    device: str
+    artifact_key: str
+    artifact_name: str
+    format: str
+    spec: RunSpec
+    repeat: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "spec": self.spec.to_json()}
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    planned: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    build_failures: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (device, artifact, message)
+    not_planned: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if (self.failed or self.build_failures) else 0
+
+
+def make_plan(artifacts: Sequence[BuildResult], devices: Sequence[DeviceConfig],
+              run: RunConfig) -> tuple[list[PlanItem], list[str]]:
+    """The ordered plan, and the combinations left out with the reason (e.g. an ONNX file and only TFLite
+    runtimes requested)."""
+    items: list[PlanItem] = []
+    not_planned: list[str] = []
+    ok_artifacts = [a for a in artifacts if a.entry is not None]
+    combos_by_device: dict[str, list[tuple[BuildResult, RunSpec]]] = {}
+    for device in devices:
+        combos: list[tuple[BuildResult, RunSpec]] = []
+        for artifact in ok_artifacts:
+            fmt = str(artifact.entry.manifest.get("format") if artifact.entry else "")
+            runtimes = [r for r in run.runtime if r in FORMAT_RUNTIMES.get(fmt, ())]
+            if not runtimes:
+                not_planned.append(f"{artifact.name} on {device.name}: no requested runtime runs .{fmt} files"
+                                   f" (asked for {', '.join(run.runtime)})")
+                continue
+            # XNNPACK is a TFLite delegate; for ONNX the axis collapses to one value.
+            xnnpack_axis = run.xnnpack if fmt == "tflite" else ("on",)
+            for runtime, threads, xnnpack in itertools.product(runtimes, run.threads, xnnpack_axis):
+                combos.append((artifact, RunSpec(
+                    runtime=runtime, threads=threads, xnnpack=xnnpack, ort_provider=run.ort_provider,
+                    ort_opt_level=run.ort_opt_level, warmup_runs=run.warmup_runs, warmup_min_s=run.warmup_min_s,
+                    runs=run.runs, min_s=run.min_s, max_s=run.max_s, affinity=run.affinity, seed=run.order_seed)))
+        combos_by_device[device.name] = combos
+    index = 0
+    for device in devices:
+        # String seeds are hashed deterministically by random.Random, so the order is reproducible per device.
+        rng = random.Random(f"{run.order_seed}:{device.name}")
+        for repeat in range(run.repeats):
+            round_ = list(combos_by_device[device.name])
+            rng.shuffle(round_)
+            for artifact, spec in round_:
+                items.append(PlanItem(index, device.name, artifact.key, artifact.name,
+                                      str(artifact.entry.manifest.get("format")) if artifact.entry else "",
+                                      spec, repeat))
+                index += 1
+    return items, not_planned
+
+
+def git_commit(directory: Path | None = None) -> str | None:
+    try:
+        completed = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory or Path.cwd(), capture_output=True,
+                                   text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return completed.stdout.strip() if completed.returncode == 0 else None
+
+
+def execute(
+    plan: Sequence[PlanItem],
+    devices: Sequence[DeviceConfig],
+    artifacts: dict[str, BuildResult],
+    store: ResultStore,
+    run_id: str,
+    run: RunConfig,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    accept_new_host_key: bool = False,
+) -> RunSummary:
+    summary = RunSummary(run_id=run_id, planned=len(plan))
+    notify = on_event or (lambda event: None)
+    lock = threading.Lock()
+
+    def account(device: str, record: MeasurementRecord, name: str) -> None:
+        with lock:
+            if record.status == "ok":
+                summary.ok += 1
+            elif record.status == "skipped":
+                summary.skipped += 1
+            else:
+                summary.failed += 1
+                summary.failures.append((device, name, f"{record.error_class}: {record.error_message}"))
+        notify({"event": "measured", "device": device, "artifact": name, "status": record.status,
+                "record": record})
+
+    def work(device: DeviceConfig) -> None:
+        items = [item for item in plan if item.device == device.name]
+        if items:
+            _run_device(device, items, artifacts, store, run_id, run, account, notify, accept_new_host_key)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(devices)), thread_name_prefix="device") as pool:
+        for future in [pool.submit(work, device) for device in devices]:
+            future.result()
+    return summary
+
+
+def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str, BuildResult],
+                store: ResultStore, run_id: str, run: RunConfig,
+                account: Callable[[str, MeasurementRecord, str], None], notify: Callable[[Event], None],
+                accept_new_host_key: bool) -> None:
+    session: BoardSession | None = None
+    try:
+        notify({"event": "device-connect", "device": device.name})
+        session = BoardSession(device, open_transport(device, accept_new_host_key=accept_new_host_key))
+        session.prepare()
+        device_id = store.upsert_device(session.identity(), device.name, device.kind, device_context(session))
+        notify({"event": "device-ready", "device": device.name, "runtimes": session.usable_runtimes()})
+    except FarmbenchError as exc:
+        # The device is unreachable or unusable: every item becomes a failed record, named after the config.
+        device_id = store.upsert_device(f"{device.kind}:unreached:{device.name}", device.name, device.kind,
+                                        {"source": device.source})
+        for item in items:
+            record = _base_record(item, run_id, device_id, artifacts).with_error(exc)
+            store.add_measurement(record)
+            account(device.name, record, item.artifact_name)
+        if session is not None:
+            session.close()
+        return
+    try:
+        usable = session.usable_runtimes()
+        for item in items:
+            base = _base_record(item, run_id, device_id, artifacts)
+            record = _measure(session, item, base, usable, artifacts[item.artifact_key], run)
+            store.add_measurement(record)
+            account(device.name, record, item.artifact_name)
+    finally:
+        session.close()
+
+
+def _base_record(item: PlanItem, run_id: str, device_id: int, artifacts: dict[str, BuildResult]) -> MeasurementRecord:
+    entry = artifacts[item.artifact_key].entry
+    return MeasurementRecord(
+        run_id=run_id, device_id=device_id, artifact_key=item.artifact_key, runtime=item.spec.runtime,
+        status="failed", config=item.spec.to_json(), plan_index=item.index, repeat=item.repeat,
+        artifact_sha256=str(entry.manifest.get("sha256")) if entry else None,
+    )
+
+
+def _measure(session: BoardSession, item: PlanItem, base: MeasurementRecord, usable: dict[str, str],
+             artifact: BuildResult, run: RunConfig) -> MeasurementRecord:
+    runtime = item.spec.runtime
+    candidates = TFLITE_RUNTIMES if item.format == "tflite" else ("onnxruntime",)
+    if runtime == "auto":
+        available = [r for r in candidates if r in usable]
+        if not available:
+            problems = "; ".join(session.runtime_problem(r) for r in candidates)
+            return replace(base, status="skipped", error_class="missing_runtime",
+                           error_message=f"no runtime for .{item.format} on {session.device.name}: {problems}")
+        spec = replace(item.spec, runtime=available[0])
+    elif runtime not in usable:
+        return replace(base, status="skipped", error_class="missing_runtime",
+                       error_message=session.runtime_problem(runtime))
+    else:
+        spec = item.spec
+    assert artifact.entry is not None
+    try:
+        remote = session.ensure_model(artifact.entry.model_path, str(artifact.entry.manifest["sha256"]))
+        document = session.bench(remote, spec, timeout_s=run.timeout_s)
+    except FarmbenchError as exc:
+        return replace(base, config=spec.to_json()).with_error(exc)
+    return record_from_document(document, replace(base, config=spec.to_json(), runtime=spec.runtime),
+                                artifact.entry.manifest, session)
+
+
+def run_sweep(
+    sweep: Sweep,
+    artifacts: Sequence[BuildResult],
+    devices: Sequence[DeviceConfig],
+    store: ResultStore,
+    *,
+    command: Sequence[str] = (),
+    on_event: Callable[[Event], None] | None = None,
+    accept_new_host_key: bool = False,
+) -> RunSummary:
+    """Plan, record the run, measure everything, finish the run. Artifacts must be built (failed builds are
+    reported in the summary and left out of the plan)."""
+    started = time.monotonic()
+    plan, not_planned = make_plan(artifacts, devices, sweep.run)
+    from farmbench.config import _grid_values  # the sweep as JSON, as the config layer writes it
+
+    sweep_json = {"name": sweep.name, "path": str(sweep.path) if sweep.path else None,
+                  "variants": _grid_values(sweep.variants), "run": asdict(sweep.run)}
+    run_id = store.start_run(sweep_name=sweep.name, sweep=sweep_json, plan=[item.to_json() for item in plan],
+                             command=list(command) or sys.argv, seed=sweep.run.order_seed,
+                             git_commit=git_commit(), host=socket.gethostname())
+    by_key = {a.key: a for a in artifacts if a.entry is not None}
+    for artifact in by_key.values():
+        assert artifact.entry is not None
+        store.put_artifact(artifact.key, artifact.name, str(artifact.entry.manifest.get("format")),
+                           str(artifact.entry.manifest.get("sha256")), artifact.entry.manifest)
+    status = "failed"
+    try:
+        summary = execute(plan, devices, by_key, store, run_id, sweep.run, on_event=on_event,
+                          accept_new_host_key=accept_new_host_key)
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        store.finish_run(run_id, status)
+    summary.not_planned = not_planned
+    summary.build_failures = [(a.name, a.error or "build failed") for a in artifacts if a.entry is None]
+    summary.wall_s = time.monotonic() - started
+    return summary
+
+
+__all__ = ["PlanItem", "RunSummary", "make_plan", "execute", "run_sweep", "RunnerError"]

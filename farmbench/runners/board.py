@@ -1,0 +1,206 @@
+"""The host side of the agent runner: prepare a device (agent pushed, probed), push models, run one measurement.
+
+Timing happens on the device, inside the agent; this module only moves files, starts the agent and turns its one
+JSON document into a :class:`MeasurementRecord`. Works the same over every transport (local, SSH).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from farmbench.devices.config import DeviceConfig
+from farmbench.errors import RunnerError, TransportError
+from farmbench.results.schema import MeasurementRecord
+from farmbench.transports.base import Transport
+
+AGENT_SOURCE = Path(__file__).with_name("agent.py")
+AGENT_SCHEMA_VERSION = 1
+SETUP_TIMEOUT_S = 120.0
+
+
+def open_transport(device: DeviceConfig, *, accept_new_host_key: bool = False) -> Transport:
+    """Connect to a device. SSH connection errors name the host and what to try (see transports.ssh)."""
+    if device.kind == "local":
+        from farmbench.transports.local import LocalTransport
+
+        return LocalTransport(device=device.name)
+    if device.kind == "ssh":
+        from farmbench.transports.ssh import SshTarget, SshTransport
+
+        v = device.values
+        target = SshTarget(
+            host=v["host"], port=v.get("port"), user=v.get("user"), key_file=v.get("key_file"),
+            known_hosts=v.get("known_hosts"), ssh_config=v.get("ssh_config"),
+            accept_new_host_key=bool(v.get("accept_new_host_key")) or accept_new_host_key,
+            connect_timeout_s=float(v.get("connect_timeout_s") or 10.0),
+        )
+        return SshTransport(target, device=device.name)
+    raise RunnerError(f"device {device.name}: kind {device.kind!r} is not supported yet")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One runtime configuration of a measurement: what the agent is asked to do (see the agent's protocol)."""
+
+    runtime: str
+    threads: int
+    xnnpack: str
+    ort_provider: str
+    ort_opt_level: str
+    warmup_runs: int
+    warmup_min_s: float
+    runs: int
+    min_s: float
+    max_s: float
+    affinity: str = ""
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def agent_args(self) -> list[str]:
+        args = ["--runtime", self.runtime, "--threads", str(self.threads), "--xnnpack", self.xnnpack,
+                "--ort-provider", self.ort_provider, "--ort-opt-level", self.ort_opt_level,
+                "--warmup-runs", str(self.warmup_runs), "--warmup-min-s", repr(self.warmup_min_s),
+                "--runs", str(self.runs), "--min-s", repr(self.min_s), "--max-s", repr(self.max_s),
+                "--seed", str(self.seed)]
+        if self.affinity:
+            args += ["--affinity", self.affinity]
+        return args
+
+
+class BoardSession:
+    """A device prepared for agent runs: its transport, the agent pushed by hash, and what the probe found."""
+
+    def __init__(self, device: DeviceConfig, transport: Transport) -> None:
+        self.device = device
+        self.transport = transport
+        self.python = device.get("python") or (sys.executable if device.kind == "local" else "python3")
+        self.cache_dir = device.get("cache_dir") or transport.default_cache_dir(SETUP_TIMEOUT_S)
+        self.agent_path = ""
+        self.probe: dict[str, Any] = {}
+        self._pushed: dict[str, str] = {}
+
+    def prepare(self) -> dict[str, Any]:
+        """Push the agent (skipped when the device has this version) and probe the device."""
+        agent_sha = hashlib.sha256(AGENT_SOURCE.read_bytes()).hexdigest()
+        self.transport.mkdir_p(self.cache_dir, timeout_s=SETUP_TIMEOUT_S)
+        self.agent_path, _ = self.transport.push_cached(AGENT_SOURCE, agent_sha, self.cache_dir, "agent.py",
+                                                        timeout_s=SETUP_TIMEOUT_S)
+        self.probe = self._agent(["probe", "--work-dir", self.cache_dir], timeout_s=SETUP_TIMEOUT_S)
+        if self.probe.get("status") != "ok":
+            raise RunnerError(f"device {self.device.name}: the agent's probe failed:"
+                              f" {self.probe.get('error_message')}")
+        return self.probe
+
+    def identity(self) -> str:
+        """A stable identity for results: machine-id when the device has one, else the host name it reports."""
+        completed = self.transport.run(["cat", "/etc/machine-id"], timeout_s=30.0)
+        machine_id = completed.stdout.strip() if completed.rc == 0 else ""
+        hostname = str(self.probe.get("hostname") or socket.gethostname())
+        return f"{self.device.kind}:{machine_id or 'no-machine-id'}:{hostname}"
+
+    def usable_runtimes(self) -> dict[str, str]:
+        """Runtime name -> version for the runtimes that import here (and the device config allows)."""
+        allowed = set(self.device.get("runtimes") or [])
+        return {r["name"]: str(r.get("version")) for r in self.probe.get("runtimes", [])
+                if r.get("usable") and (not allowed or r["name"] in allowed)}
+
+    def runtime_problem(self, name: str) -> str:
+        for runtime in self.probe.get("runtimes", []):
+            if runtime["name"] == name:
+                return str(runtime.get("problem") or f"{name} is not usable here")
+        return f"{name} is not known to the agent"
+
+    def ensure_model(self, local_path: Path, sha256: str) -> str:
+        """The model's path on the device, uploading it only when the device lacks these bytes."""
+        if sha256 not in self._pushed:
+            remote, _ = self.transport.push_cached(local_path, sha256, self.cache_dir, local_path.name,
+                                                   timeout_s=SETUP_TIMEOUT_S)
+            self._pushed[sha256] = remote
+        return self._pushed[sha256]
+
+    def bench(self, remote_model: str, spec: RunSpec, *, timeout_s: float) -> dict[str, Any]:
+        return self._agent(["bench", "--model", remote_model, *spec.agent_args()], timeout_s=timeout_s)
+
+    def _agent(self, args: list[str], *, timeout_s: float) -> dict[str, Any]:
+        completed = self.transport.run([self.python, self.agent_path, *args], timeout_s=timeout_s)
+        try:
+            document = json.loads(completed.stdout)
+        except ValueError:
+            raise RunnerError(
+                f"device {self.device.name}: the agent printed no JSON (exit {completed.rc});"
+                f" stderr: {completed.stderr.strip()[-600:]}",
+                hint=f"check that {self.python} on the device is Python 3.8+ with numpy",
+            ) from None
+        if not isinstance(document, dict) or document.get("schema_version") != AGENT_SCHEMA_VERSION:
+            raise RunnerError(f"device {self.device.name}: agent document version"
+                              f" {document.get('schema_version') if isinstance(document, dict) else '?'},"
+                              f" this farmbench reads {AGENT_SCHEMA_VERSION}")
+        return document
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def device_context(session: BoardSession) -> dict[str, Any]:
+    """What the probe found that makes a number comparable: OS, kernel, CPU, governors, Python, runtimes."""
+    probe = session.probe
+    platform = probe.get("platform") or {}
+    return {
+        "os": probe.get("os_release"), "kernel": platform.get("release"), "arch": probe.get("arch"),
+        "cpu": (probe.get("cpu") or {}).get("model"), "logical_cores": probe.get("logical_cores"),
+        "cpufreq": probe.get("cpufreq"), "mem_total_kib": probe.get("mem_total_kib"),
+        "python": probe.get("python_version"), "numpy": (probe.get("numpy") or {}).get("version"),
+        "runtimes": {r["name"]: r.get("version") for r in probe.get("runtimes", []) if r.get("importable")},
+        "hostname": probe.get("hostname"),
+    }
+
+
+def record_from_document(doc: dict[str, Any], base: MeasurementRecord,
+                         manifest: dict[str, Any], session: BoardSession) -> MeasurementRecord:
+    """An agent ``bench`` document -> a measurement record (ok or failed)."""
+    runtime = doc.get("runtime") or {}
+    context = {
+        **device_context(session),
+        "runtime": runtime.get("name"), "runtime_version": runtime.get("version"),
+        "converter_versions": manifest.get("versions"),
+        "applied": doc.get("applied"), "affinity": doc.get("affinity"),
+        "loadavg_before": doc.get("loadavg_before"), "loadavg_after": doc.get("loadavg_after"),
+        "input_source": doc.get("input_source"), "timer": doc.get("timer"),
+        "timed_runs": doc.get("timed_runs"), "timed_wall_s": doc.get("timed_wall_s"),
+        "warmup_runs": doc.get("warmup_runs"), "warmup_s": doc.get("warmup_s"),
+    }
+    record = MeasurementRecord(
+        **{**asdict(base), "latency": None, "status": base.status},
+    )
+    from dataclasses import replace
+
+    record = replace(record, runtime=str(runtime.get("name") or base.runtime),
+                     runtime_version=runtime.get("version"), context=context,
+                     flags=list(doc.get("flags") or []))
+    if doc.get("status") != "ok":
+        return replace(record, status="failed", error_class=str(doc.get("error_class") or "runtime_error"),
+                       error_message=str(doc.get("error_message") or doc.get("error_raw") or "the agent failed"),
+                       transient=False)
+    samples_us = [ns / 1000.0 for ns in doc.get("latencies_ns") or []]
+    peak_kib = doc.get("peak_rss_kib")
+    return replace(
+        record, status="ok", samples_us=samples_us,
+        init_ms=_ms(doc.get("init_ns")), first_inference_ms=_ms(doc.get("first_inference_ns")),
+        peak_rss_mb=None if peak_kib is None else float(peak_kib) / 1024.0,
+    )
+
+
+def _ms(ns: Any) -> float | None:
+    return None if ns is None else float(ns) / 1e6
+
+
+__all__ = ["BoardSession", "RunSpec", "open_transport", "record_from_document", "device_context",
+           "TransportError"]
