@@ -571,7 +571,8 @@ def _run_config(doc: TomlDocument, key_path: KeyPath, values: Mapping[str, Any])
         raise doc.error(f"min_s ({values['min_s']}) is larger than max_s ({values['max_s']})", (*key_path, "min_s"))
     if not values["devices"]:
         raise doc.error("is empty: nothing to run on", (*key_path, "devices"), hint='e.g. devices = ["local"]')
-    return RunConfig(**{f.name: tuple(values[f.name]) if f.is_list else values[f.name] for f in RUN_FIELDS})
+    fields: dict[str, Any] = {f.name: tuple(values[f.name]) if f.is_list else values[f.name] for f in RUN_FIELDS}
+    return RunConfig(**fields)
 
 
 def default_run_config() -> RunConfig:

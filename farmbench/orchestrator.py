@@ -17,12 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from farmbench import __version__
 from farmbench.config import RunConfig, Sweep
 from farmbench.devices.config import DeviceConfig
 from farmbench.errors import FarmbenchError, RunnerError
@@ -265,4 +265,4 @@ def run_sweep(
     return summary
 
 
-__all__ = ["PlanItem", "RunSummary", "make_plan", "execute", "run_sweep", "RunnerError"]
+__all__ = ["PlanItem", "RunSummary", "RunnerError", "execute", "make_plan", "run_sweep"]

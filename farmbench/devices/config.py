@@ -76,8 +76,8 @@ def load_device_file(path: str | Path) -> DeviceConfig:
     for key in ("key_file", "known_hosts", "ssh_config"):
         if values.get(key) is not None:
             values[key] = str(values[key])
-    name = values.get("name") or doc.path.stem
-    return DeviceConfig(name=name, kind=kind, source=str(doc.path), values=values)
+    name = str(values.get("name") or doc.path.stem)
+    return DeviceConfig(name=name, kind=str(kind), source=str(doc.path), values=values)
 
 
 _SSH_URL = re.compile(r"^ssh://")

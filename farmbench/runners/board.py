@@ -34,9 +34,12 @@ def open_transport(device: DeviceConfig, *, accept_new_host_key: bool = False) -
         from farmbench.transports.ssh import SshTarget, SshTransport
 
         v = device.values
+        # Pass only what the device file sets: SshTarget's own defaults (~/.ssh/config, ~/.ssh/known_hosts) apply
+        # otherwise, and an explicit None would switch ssh_config off.
+        options: dict[str, Any] = {key: Path(v[key]).expanduser() for key in ("key_file", "known_hosts", "ssh_config")
+                                   if v.get(key)}
         target = SshTarget(
-            host=v["host"], port=v.get("port"), user=v.get("user"), key_file=v.get("key_file"),
-            known_hosts=v.get("known_hosts"), ssh_config=v.get("ssh_config"),
+            host=v["host"], port=v.get("port"), user=v.get("user"), **options,
             accept_new_host_key=bool(v.get("accept_new_host_key")) or accept_new_host_key,
             connect_timeout_s=float(v.get("connect_timeout_s") or 10.0),
         )
@@ -202,5 +205,11 @@ def _ms(ns: Any) -> float | None:
     return None if ns is None else float(ns) / 1e6
 
 
-__all__ = ["BoardSession", "RunSpec", "open_transport", "record_from_document", "device_context",
-           "TransportError"]
+__all__ = [
+    "BoardSession",
+    "RunSpec",
+    "TransportError",
+    "device_context",
+    "open_transport",
+    "record_from_document",
+]

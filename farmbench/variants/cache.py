@@ -22,9 +22,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from farmbench.errors import CacheError
 
@@ -174,9 +175,7 @@ class ArtifactCache:
         entries = sorted(self.entries(), key=lambda e: e.last_used_s())
         doomed: list[CacheEntry] = []
         for entry in entries:
-            if everything or any(entry.key.startswith(k) for k in keys):
-                doomed.append(entry)
-            elif older_than_s is not None and now_s - entry.last_used_s() > older_than_s:
+            if everything or any(entry.key.startswith(k) for k in keys) or older_than_s is not None and now_s - entry.last_used_s() > older_than_s:
                 doomed.append(entry)
         if max_total_bytes is not None:
             kept = [e for e in entries if e not in doomed]

@@ -41,9 +41,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -358,7 +359,7 @@ def _tflite_op_macs(op: Mapping[str, Any], shape_of: Any) -> int:
         if name == "CONV_3D":  # filter [kd, kh, kw, in_c, out_c]
             return out_elements * _element_count(weight_shape[:-1])
         if name == "FULLY_CONNECTED":  # filter [out_features, in_features]
-            return out_elements * max(weight_shape[-1], 1)
+            return out_elements * max(int(weight_shape[-1]), 1)
         # BATCH_MATMUL: A is [..., M, K] or, with adj_x, [..., K, M]; ops details do not expose adj_x, so
         # find K as the dimension of A that is not the output's M.
         a_shape = shape_of(op_inputs[0])
@@ -366,7 +367,7 @@ def _tflite_op_macs(op: Mapping[str, Any], shape_of: Any) -> int:
             return 0
         rows = out_shape[-2]
         k = a_shape[-1] if len(a_shape) < 2 or a_shape[-2] == rows else a_shape[-2]
-        return out_elements * max(k, 1)
+        return out_elements * max(int(k), 1)
     if name in ("TRANSPOSE_CONV", "CONV_3D_TRANSPOSE"):
         # inputs: (output_shape, filter, input[, bias]); every input element meets every tap of every out channel.
         if len(op_inputs) < 3:
@@ -545,7 +546,7 @@ def _onnx_dtype_name(elem_type: int) -> str:
     try:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
     except (KeyError, TypeError, ValueError):
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
+        return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
 
 
 def _onnx_node_macs(node: onnx.NodeProto, shape_of: Any) -> int:
@@ -579,5 +580,5 @@ def _onnx_node_macs(node: onnx.NodeProto, shape_of: Any) -> int:
         if op == "Gemm":
             trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
             k = a_shape[0] if trans_a else a_shape[-1]
-        return _element_count(out_shape) * max(k, 1)
+        return _element_count(out_shape) * max(int(k), 1)
     return 0
