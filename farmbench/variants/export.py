@@ -19,8 +19,9 @@ ONNX: tf2onnx converts the Keras model to fp32; the other modes derive from that
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -91,8 +92,7 @@ def onnx_dynamic_int8(src: Path, dst: Path) -> None:
 
 
 def onnx_static_int8(src: Path, dst: Path, calibration: np.ndarray, work_dir: Path) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = work_dir / "prepared.onnx"
@@ -122,7 +122,7 @@ def _single_input_name(path: Path) -> str:
     names = [i.name for i in model.graph.input if i.name not in initializers]
     if len(names) != 1:
         raise BuildError(f"{path}: expected one graph input, found {names}")
-    return names[0]
+    return str(names[0])
 
 
 # Ops that only move int8 data around; QDQ leaves tf2onnx's NHWC->NCHW Transpose in float before the first Q.

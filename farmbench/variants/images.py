@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -140,12 +139,12 @@ def _resize_planar(planes: np.ndarray, rows: np.ndarray, cols: np.ndarray, widen
 
 
 @functools.lru_cache(maxsize=256)
-def _bands(in_size: int, out_size: int, widen: int, other: int) -> Tuple[Tuple[int, int, int, int], ...]:
+def _bands(in_size: int, out_size: int, widen: int, other: int) -> tuple[tuple[int, int, int, int], ...]:
     """Blocks (r0, r1, c0, c1): output rows r0..r1 only read input c0..c1; each block within budget."""
     nonzero = _resize_matrix(in_size, out_size) != 0
     first = np.maximum(nonzero.argmax(axis=1) - widen, 0)
     last = np.minimum(in_size - nonzero[:, ::-1].argmax(axis=1) + widen, in_size)
-    blocks: List[Tuple[int, int, int, int]] = []
+    blocks: list[tuple[int, int, int, int]] = []
     r0 = 0
     while r0 < out_size:
         r1 = r0 + 1  # first[] and last[] are non-decreasing, so a block's span is last[r1-1] - first[r0]
@@ -218,7 +217,7 @@ def evaluation_images(size: int, count: int = 64) -> np.ndarray:
     return natural_images(count, size, EVALUATION_SEED)
 
 
-def synthetic_task(count: int, size: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+def synthetic_task(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A labelled toy task: uint8 images ``(count, size, size, 3)`` and int64 labels in [0, NUM_CLASSES).
 
     ``label = shape * 4 + hue`` with shapes :data:`SHAPE_NAMES` and hue families :data:`HUE_NAMES`
@@ -298,12 +297,12 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))[i])
 
 
-def _rotation(rng: np.random.Generator) -> Tuple[float, float]:
+def _rotation(rng: np.random.Generator) -> tuple[float, float]:
     theta = rng.uniform(0.0, 2.0 * math.pi)
     return math.cos(theta), math.sin(theta)
 
 
-def _background(rng: np.random.Generator, n: int, saturation_scale: float) -> Tuple[np.ndarray, np.ndarray]:
+def _background(rng: np.random.Generator, n: int, saturation_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Coloured 1/f noise background (3, n, n) and a texture field (n, n) for objects to use."""
     beta = rng.uniform(1.6, 2.2)
     luminance = _noise_fields(rng, n, 1, beta)[0]
@@ -346,11 +345,11 @@ def _draw(
     texture: np.ndarray,
     rng: np.random.Generator,
     shape: str,
-    centre: Tuple[float, float],
-    dims: Tuple[float, ...],
+    centre: tuple[float, float],
+    dims: tuple[float, ...],
     colour: np.ndarray,
     pattern: str = "plain",
-    second: Optional[np.ndarray] = None,
+    second: np.ndarray | None = None,
 ) -> None:
     """Composite one soft-edged object onto ``img`` (3, n, n) in place, evaluating only its bounding box.
 
