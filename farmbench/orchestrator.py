@@ -27,7 +27,7 @@ from farmbench.config import RunConfig, Sweep
 from farmbench.devices.config import DeviceConfig
 from farmbench.errors import FarmbenchError, RunnerError
 from farmbench.results.schema import MeasurementRecord
-from farmbench.results.store import ResultStore
+from farmbench.results.store import ResultStore, utc_now
 from farmbench.runners.board import BoardSession, RunSpec, device_context, open_transport, record_from_document
 from farmbench.variants.build import BuildResult
 
@@ -180,9 +180,9 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
     try:
         usable = session.usable_runtimes()
         for item in items:
-            base = _base_record(item, run_id, device_id, artifacts)
+            base = replace(_base_record(item, run_id, device_id, artifacts), started_at=utc_now())
             record = _measure(session, item, base, usable, artifacts[item.artifact_key], run)
-            store.add_measurement(record)
+            store.add_measurement(replace(record, finished_at=utc_now()))
             account(device.name, record, item.artifact_name)
     finally:
         session.close()

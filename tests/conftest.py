@@ -1,13 +1,17 @@
-"""Shared helpers: run the real CLI in a subprocess, and require optional tools (a failure, not a skip, in CI)."""
+"""Shared helpers: run the real CLI in a subprocess, require optional tools (a failure, not a skip, in CI), and
+build the one real model grid the slow tests share."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pytest
 
@@ -79,6 +83,51 @@ def empty_cache(tmp_path: Path) -> Path:
     path = tmp_path / "cache"
     path.mkdir()
     return path
+
+
+# The model grid the slow tests share: mobilenet_v2 a0.35 r96 with seeded random weights, every quantisation mode
+# and format. Training its weights takes minutes, so it is built once per test session (see built_grid).
+GRID_FAMILY, GRID_WIDTH, GRID_RESOLUTION = "mobilenet_v2", 0.35, 96
+GRID_FLAGS = ("--family", GRID_FAMILY, "--width", str(GRID_WIDTH), "--resolution", str(GRID_RESOLUTION))
+GRID_PREFIX = "mobilenet_v2_a0.35_r96"
+
+
+@dataclass(frozen=True)
+class BuiltGrid:
+    """The shared grid, built with jobs=1 into ``cache_dir``. test_build.py works in ``cache_dir`` and changes it
+    (forced rebuilds, pruning); everyone else takes a :meth:`copy` of ``pristine_dir``, a snapshot made right after
+    the build, so no test sees another's changes whatever the order they run in."""
+
+    cache_dir: Path
+    pristine_dir: Path
+    variants: list[Any]  # farmbench.variants.spec.Variant
+    results: list[Any]  # farmbench.variants.build.BuildResult, in the order of variants
+    events: list[dict[str, Any]]
+    seconds: float
+
+    def copy(self, destination: Path) -> Path:
+        """A private cache holding every artifact of the grid (and its trained weights) at ``destination``."""
+        shutil.copytree(self.pristine_dir, destination, ignore=shutil.ignore_patterns("locks"))
+        return destination
+
+
+@pytest.fixture(scope="session")
+def built_grid(tmp_path_factory: pytest.TempPathFactory) -> BuiltGrid:
+    require_module("tensorflow")
+    from farmbench.variants.build import BuildOptions, build_variants
+    from farmbench.variants.cache import ArtifactCache
+    from farmbench.variants.spec import FORMATS, QUANT_MODES, Weights, expand_grid
+
+    cache_dir = tmp_path_factory.mktemp("build-cache")
+    variants = expand_grid([GRID_FAMILY], [GRID_WIDTH], [GRID_RESOLUTION], list(QUANT_MODES), list(FORMATS),
+                           Weights("random"))
+    events: list[dict[str, Any]] = []
+    started = time.monotonic()
+    results = build_variants(variants, BuildOptions(cache=ArtifactCache(cache_dir), jobs=1, on_event=events.append))
+    seconds = time.monotonic() - started
+    pristine_dir = tmp_path_factory.mktemp("build-cache-pristine") / "cache"
+    shutil.copytree(cache_dir, pristine_dir, ignore=shutil.ignore_patterns("locks"))
+    return BuiltGrid(cache_dir, pristine_dir, variants, results, events, seconds)
 
 
 pytest_plugins = ["tests.peers.sshd"]

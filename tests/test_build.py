@@ -1,8 +1,9 @@
 """Building real artifacts with TensorFlow: every quantisation mode and format of one small MobileNet.
 
-One module-scoped fixture builds mobilenet_v2 α0.35 r96 with random weights (trained ~200 steps) in all 5 modes x 2
-formats into a temporary cache, once. The other tests read that cache, hit it, or add to it through the real CLI;
-the ones that change or rebuild entries come last in the file (pytest runs them in file order).
+The session-scoped ``built_grid`` fixture (tests/conftest.py) builds mobilenet_v2 α0.35 r96 with random weights
+(trained ~200 steps) in all 5 modes x 2 formats into a temporary cache, once per test session; test_run.py measures
+copies of the same build. These tests read that cache, hit it, or add to it through the real CLI; the ones that
+change or rebuild entries come last in the file (pytest runs them in file order).
 """
 
 from __future__ import annotations
@@ -18,19 +19,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import GRID_FAMILY, GRID_FLAGS, GRID_PREFIX, GRID_RESOLUTION, BuiltGrid, describe, run_cli, start_cli
 
-from conftest import describe, require_module, run_cli, start_cli
 from farmbench.variants.build import BuildOptions, BuildResult, artifact_key, build_variants
 from farmbench.variants.cache import ArtifactCache
 from farmbench.variants.hostrun import HostModel
 from farmbench.variants.inspect import inspect_model
-from farmbench.variants.spec import FORMATS, QUANT_MODES, Variant, Weights, expand_grid
+from farmbench.variants.spec import FORMATS, QUANT_MODES, Variant
 
 pytestmark = pytest.mark.slow
 
-FAMILY, WIDTH, RESOLUTION = "mobilenet_v2", 0.35, 96
-GRID_FLAGS = ("--family", FAMILY, "--width", str(WIDTH), "--resolution", str(RESOLUTION))
-PREFIX = "mobilenet_v2_a0.35_r96"
+FAMILY, RESOLUTION, PREFIX = GRID_FAMILY, GRID_RESOLUTION, GRID_PREFIX
 
 
 @dataclass
@@ -58,15 +57,10 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    require_module("tensorflow")
-    cache_dir = tmp_path_factory.mktemp("build-cache")
-    cache = ArtifactCache(cache_dir)
-    variants = expand_grid([FAMILY], [WIDTH], [RESOLUTION], list(QUANT_MODES), list(FORMATS), Weights("random"))
-    events: list[dict[str, Any]] = []
-    started = time.monotonic()
-    results = build_variants(variants, BuildOptions(cache=cache, jobs=1, on_event=events.append))
-    return Built(cache_dir, cache, variants, results, events, time.monotonic() - started)
+def built(built_grid: BuiltGrid) -> Built:
+    # The session's own build cache (not a copy): the tests at the end of this file change it on purpose.
+    return Built(built_grid.cache_dir, ArtifactCache(built_grid.cache_dir), built_grid.variants, built_grid.results,
+                 built_grid.events, built_grid.seconds)
 
 
 def evaluation_inputs(count: int) -> np.ndarray:

@@ -5,12 +5,15 @@ temporary ed25519 host key, a temporary client key in its authorized_keys, and n
 from a temporary directory. It is started once per test session; each test gets its own known_hosts copy so host
 key tests can change it freely.
 
+``running_sshd`` does the same outside pytest (the benchmarks use it).
+
 When sshd is missing the tests skip, except with CI=true, where a missing peer is a failure (.ci/setup installs
 openssh-server and openssh-client).
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -140,12 +143,14 @@ LogLevel VERBOSE
     return path
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPeer]:
-    """The running sshd, for the whole session."""
-    require_tool(str(SSHD))
-    require_tool("ssh-keygen")
-    directory = tmp_path_factory.mktemp("sshd")
+class SshdStartError(RuntimeError):
+    """sshd rejected the configuration or did not start; the message holds its output."""
+
+
+@contextlib.contextmanager
+def running_sshd(directory: Path) -> Iterator[SshdPeer]:
+    """Start sshd with fresh keys in ``directory`` (which must exist) and stop it on exit. Used by the ``sshd``
+    fixture and by the benchmarks under benchmarks/ (outside pytest)."""
     user = getpass.getuser()
     host_key_line = keygen(directory / "host_ed25519", "farmbench-test-host")
     other_key_line = keygen(directory / "other_host_ed25519", "farmbench-test-other-host")
@@ -161,7 +166,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPeer]:
         config = _config(directory, port, user)
         checked = subprocess.run([str(SSHD), "-t", "-f", str(config)], check=False, capture_output=True, text=True)
         if checked.returncode != 0:
-            pytest.fail(f"sshd rejected the test configuration:\n{checked.stderr}")
+            raise SshdStartError(f"sshd rejected the test configuration:\n{checked.stderr}")
         with log.open("ab") as log_handle:
             process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)],
                                        stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle)
@@ -170,7 +175,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPeer]:
         process.kill()
         process.wait()
     else:
-        pytest.fail(f"sshd did not start; its log:\n{log.read_text()}")
+        raise SshdStartError(f"sshd did not start; its log:\n{log.read_text()}")
     try:
         yield SshdPeer(host="127.0.0.1", port=port, user=user, directory=directory,
                        client_key=directory / "client_ed25519", host_key_line=host_key_line,
@@ -182,6 +187,19 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPeer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPeer]:
+    """The running sshd, for the whole session."""
+    require_tool(str(SSHD))
+    require_tool("ssh-keygen")
+    with contextlib.ExitStack() as stack:
+        try:
+            peer = stack.enter_context(running_sshd(tmp_path_factory.mktemp("sshd")))
+        except SshdStartError as err:
+            pytest.fail(str(err))
+        yield peer
 
 
 @pytest.fixture
