@@ -163,7 +163,11 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
     try:
         notify({"event": "device-connect", "device": device.name})
         session = BoardSession(device, open_transport(device, accept_new_host_key=accept_new_host_key))
-        session.prepare()
+        wanted = _runtimes_to_probe(items)
+        session.prepare(wanted)
+        tflite_auto = any(i.spec.runtime == "auto" and i.format == "tflite" for i in items)
+        if tflite_auto and not {"litert", "tflite_runtime"} & set(session.usable_runtimes()):
+            session.prepare([*wanted, "tensorflow"])  # the last TFLite fallback, worth its import time only now
         device_id = store.upsert_device(session.identity(), device.name, device.kind, device_context(session))
         notify({"event": "device-ready", "device": device.name, "runtimes": session.usable_runtimes()})
     except FarmbenchError as exc:
@@ -186,6 +190,20 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
             account(device.name, record, item.artifact_name)
     finally:
         session.close()
+
+
+def _runtimes_to_probe(items: Sequence[PlanItem]) -> list[str]:
+    """The runtimes these items may use. ``auto`` for TFLite prefers LiteRT, then tflite-runtime; TensorFlow (a
+    ~5 s import) is probed only when asked for by name, or as the last TFLite fallback when nothing else is asked."""
+    wanted: list[str] = []
+    for item in items:
+        if item.spec.runtime != "auto":
+            wanted.append(item.spec.runtime)
+        elif item.format == "tflite":
+            wanted += ["litert", "tflite_runtime"]
+        else:
+            wanted.append("onnxruntime")
+    return list(dict.fromkeys(wanted))
 
 
 def _base_record(item: PlanItem, run_id: str, device_id: int, artifacts: dict[str, BuildResult]) -> MeasurementRecord:

@@ -292,6 +292,15 @@ def _read_int(path: str) -> Optional[int]:
 
 
 def _peak_rss_kib() -> Optional[int]:
+    # Linux: VmHWM is this process's own peak. ru_maxrss is not: after fork+exec it keeps the peak of the
+    # forked copy of the parent, so an agent started by a 500 MB farmbench would report 500 MB.
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
     if resource is None:
         return None
     peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
