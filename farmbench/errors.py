@@ -128,6 +128,12 @@ class StoreError(FarmbenchError):
     """The results database cannot be opened, is too new for this farmbench, or is inconsistent (exit 1)."""
 
 
+class DatabaseNotFoundError(StoreError):
+    """The user pointed a reading command at a results database that does not exist (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
 class RunNotFoundError(StoreError):
     """A run id the user named is not in the results database (exit 2: a usage error)."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from farmbench import __version__
-from farmbench.errors import RunNotFoundError, StoreError, UsageError
+from farmbench.errors import DatabaseNotFoundError, RunNotFoundError, StoreError, UsageError
 from farmbench.results.schema import (
     DEVICE_KINDS,
     MIGRATIONS,
@@ -104,7 +104,7 @@ class ResultStore:
         self.path = Path(path) if path is not None else default_db_path()
         if not self.path.exists():
             if not create:
-                raise StoreError(f"no results database at {self.path}",
+                raise DatabaseNotFoundError(f"no results database at {self.path}",
                                  hint="run `farmbench run` first, or point --db / FARMBENCH_DB at an existing file")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
