@@ -25,7 +25,7 @@ from typing import Any
 
 from farmbench.config import RunConfig, Sweep
 from farmbench.devices.config import DeviceConfig
-from farmbench.errors import FarmbenchError, RunnerError
+from farmbench.errors import FarmbenchError
 from farmbench.results.schema import MeasurementRecord
 from farmbench.results.store import ResultStore, utc_now
 from farmbench.runners.board import BoardSession, RunSpec, device_context, open_transport, record_from_document
@@ -111,7 +111,7 @@ def make_plan(artifacts: Sequence[BuildResult], devices: Sequence[DeviceConfig],
 def git_commit(directory: Path | None = None) -> str | None:
     try:
         completed = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory or Path.cwd(), capture_output=True,
-                                   text=True, timeout=10)
+                                   text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return completed.stdout.strip() if completed.returncode == 0 else None
@@ -283,4 +283,4 @@ def run_sweep(
     return summary
 
 
-__all__ = ["PlanItem", "RunSummary", "RunnerError", "execute", "make_plan", "run_sweep"]
+__all__ = ["PlanItem", "RunSummary", "execute", "make_plan", "run_sweep"]

@@ -10,12 +10,13 @@ import hashlib
 import json
 import socket
 import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from farmbench.devices.config import DeviceConfig
-from farmbench.errors import RunnerError, TransportError
+from farmbench.errors import RunnerError
 from farmbench.results.schema import MeasurementRecord
 from farmbench.transports.base import Transport
 
@@ -184,12 +185,7 @@ def record_from_document(doc: dict[str, Any], base: MeasurementRecord,
         "timed_runs": doc.get("timed_runs"), "timed_wall_s": doc.get("timed_wall_s"),
         "warmup_runs": doc.get("warmup_runs"), "warmup_s": doc.get("warmup_s"),
     }
-    record = MeasurementRecord(
-        **{**asdict(base), "latency": None, "status": base.status},
-    )
-    from dataclasses import replace
-
-    record = replace(record, runtime=str(runtime.get("name") or base.runtime),
+    record = replace(base, runtime=str(runtime.get("name") or base.runtime),
                      runtime_version=runtime.get("version"), context=context,
                      flags=list(doc.get("flags") or []))
     if doc.get("status") != "ok":
@@ -209,11 +205,4 @@ def _ms(ns: Any) -> float | None:
     return None if ns is None else float(ns) / 1e6
 
 
-__all__ = [
-    "BoardSession",
-    "RunSpec",
-    "TransportError",
-    "device_context",
-    "open_transport",
-    "record_from_document",
-]
+__all__ = ["BoardSession", "RunSpec", "device_context", "open_transport", "record_from_document"]
