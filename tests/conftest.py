@@ -130,4 +130,4 @@ def built_grid(tmp_path_factory: pytest.TempPathFactory) -> BuiltGrid:
     return BuiltGrid(cache_dir, pristine_dir, variants, results, events, seconds)
 
 
-pytest_plugins = ["tests.peers.sshd"]
+pytest_plugins = ["tests.peers.sshd", "tests.peers.adb_emulator"]
