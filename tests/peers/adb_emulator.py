@@ -200,6 +200,15 @@ def populate_sandbox(root: Path, props: Mapping[str, str] | None = None) -> Path
     return root
 
 
+def install_benchmark_model(root: Path, device_path: str = "/system/bin/benchmark_model") -> Path:
+    """Install the benchmark_model stand-in (tests/peers/benchmark_model_standin.py, which runs models with the
+    host's ai_edge_litert) at ``device_path`` in the sandbox ``root``, as an executable sh wrapper; returns the
+    host path of the wrapper (a file tests can also push elsewhere, like a user-provided binary)."""
+    from tests.peers.benchmark_model_standin import install
+
+    return install(Path(root) / device_path.lstrip("/"))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Connection and streams
 
@@ -463,6 +472,7 @@ class AdbEmulator:
         self._connections: list[_Connection] = []
         self._stopping = threading.Event()
         self.port = 0
+        self.benchmark_model_path: Path | None = None  # set by install_benchmark_model via the fixture
 
     # keys
     def authorize(self, key_line: str) -> None:
@@ -868,12 +878,16 @@ def running_adb_emulator(sandbox_dir: Path, **options: Any) -> Iterator[AdbEmula
 @pytest.fixture
 def adb_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., AdbEmulator]]:
     """A factory: ``adb_emulator(auth="none", maxdata=4096, ...)`` starts an emulator on a fresh sandbox
-    (``sandbox_dir=`` to choose one) and returns it; every one started is stopped at teardown."""
+    (``sandbox_dir=`` to choose one) and returns it; every one started is stopped at teardown.
+    ``benchmark_model=True`` also installs the benchmark_model stand-in (see :func:`install_benchmark_model`)."""
     started: list[AdbEmulator] = []
 
-    def make(sandbox_dir: Path | None = None, **options: Any) -> AdbEmulator:
+    def make(sandbox_dir: Path | None = None, *, benchmark_model: bool = False, **options: Any) -> AdbEmulator:
         sandbox = Path(sandbox_dir) if sandbox_dir is not None else tmp_path_factory.mktemp("adb-sandbox")
-        emulator = AdbEmulator(sandbox, **options).start()
+        emulator = AdbEmulator(sandbox, **options)
+        if benchmark_model:
+            emulator.benchmark_model_path = install_benchmark_model(emulator.sandbox)
+        emulator.start()
         started.append(emulator)
         return emulator
 
