@@ -29,6 +29,7 @@ from farmbench.errors import FarmbenchError
 from farmbench.results.schema import MeasurementRecord
 from farmbench.results.store import ResultStore, utc_now
 from farmbench.runners.board import BoardSession, RunSpec, device_context, open_transport, record_from_document
+from farmbench.runners.phone import PhoneSession, record_from_output
 from farmbench.variants.build import BuildResult
 
 TFLITE_RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
@@ -159,17 +160,25 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
                 store: ResultStore, run_id: str, run: RunConfig,
                 account: Callable[[str, MeasurementRecord, str], None], notify: Callable[[Event], None],
                 accept_new_host_key: bool) -> None:
-    session: BoardSession | None = None
+    session: BoardSession | PhoneSession | None = None
     try:
         notify({"event": "device-connect", "device": device.name})
-        session = BoardSession(device, open_transport(device, accept_new_host_key=accept_new_host_key))
-        wanted = _runtimes_to_probe(items)
-        session.prepare(wanted)
-        tflite_auto = any(i.spec.runtime == "auto" and i.format == "tflite" for i in items)
-        if tflite_auto and not {"litert", "tflite_runtime"} & set(session.usable_runtimes()):
-            session.prepare([*wanted, "tensorflow"])  # the last TFLite fallback, worth its import time only now
-        device_id = store.upsert_device(session.identity(), device.name, device.kind, device_context(session))
-        notify({"event": "device-ready", "device": device.name, "runtimes": session.usable_runtimes()})
+        transport = open_transport(device, accept_new_host_key=accept_new_host_key)
+        if device.kind == "adb":
+            session = PhoneSession(device, transport)
+            session.prepare()
+            device_id = store.upsert_device(session.identity(), device.name, device.kind, session.context())
+            runtimes = {"benchmark_model": session.binary_path or "not configured"}
+        else:
+            session = BoardSession(device, transport)
+            wanted = _runtimes_to_probe(items)
+            session.prepare(wanted)
+            tflite_auto = any(i.spec.runtime == "auto" and i.format == "tflite" for i in items)
+            if tflite_auto and not {"litert", "tflite_runtime"} & set(session.usable_runtimes()):
+                session.prepare([*wanted, "tensorflow"])  # the last TFLite fallback, worth its import time only now
+            device_id = store.upsert_device(session.identity(), device.name, device.kind, device_context(session))
+            runtimes = session.usable_runtimes()
+        notify({"event": "device-ready", "device": device.name, "runtimes": runtimes})
     except FarmbenchError as exc:
         # The device is unreachable or unusable: every item becomes a failed record, named after the config.
         device_id = store.upsert_device(f"{device.kind}:unreached:{device.name}", device.name, device.kind,
@@ -182,14 +191,38 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
             session.close()
         return
     try:
-        usable = session.usable_runtimes()
         for item in items:
             base = replace(_base_record(item, run_id, device_id, artifacts), started_at=utc_now())
-            record = _measure(session, item, base, usable, artifacts[item.artifact_key], run)
+            if isinstance(session, PhoneSession):
+                record = _measure_phone(session, item, base, artifacts[item.artifact_key], run)
+            else:
+                record = _measure(session, item, base, session.usable_runtimes(), artifacts[item.artifact_key],
+                                  run)
             store.add_measurement(replace(record, finished_at=utc_now()))
             account(device.name, record, item.artifact_name)
     finally:
         session.close()
+
+
+def _measure_phone(session: PhoneSession, item: PlanItem, base: MeasurementRecord, artifact: BuildResult,
+                   run: RunConfig) -> MeasurementRecord:
+    """One benchmark_model session on a phone. ONNX files and non-LiteRT runtimes are skipped with the reason."""
+    if item.format != "tflite":
+        return replace(base, status="skipped", error_class="unsupported_on_device",
+                       error_message=f"{session.device.name}: ONNX on phones needs onnxruntime_perf_test, which"
+                                     " farmbench does not drive yet")
+    if item.spec.runtime not in ("auto", "litert"):
+        return replace(base, status="skipped", error_class="missing_runtime",
+                       error_message=f"{session.device.name}: phones run TFLite with benchmark_model (LiteRT),"
+                                     f" not {item.spec.runtime}")
+    assert artifact.entry is not None
+    spec = replace(item.spec, runtime="benchmark_model")
+    try:
+        remote = session.ensure_model(artifact.entry.model_path, str(artifact.entry.manifest["sha256"]))
+        output = session.bench(remote, spec, timeout_s=run.timeout_s)
+        return record_from_output(output, replace(base, config=spec.to_json()), artifact.entry.manifest, session)
+    except FarmbenchError as exc:
+        return replace(base, config=spec.to_json()).with_error(exc)
 
 
 def _runtimes_to_probe(items: Sequence[PlanItem]) -> list[str]:

@@ -27,13 +27,24 @@ KINDS = ("local", "ssh", "adb")
 
 DEVICE_FIELDS: tuple[Field, ...] = (
     Field("name", "str", doc="device name in results and reports (default: the file name)"),
-    Field("kind", "str", required=True, choices=KINDS, doc="local (this machine), ssh (Linux board), adb"),
+    Field("kind", "str", required=True, choices=KINDS,
+          doc="local (this machine), ssh (Linux board), adb (Android phone: TCP host/port or USB serial)"),
     Field("description", "str", default="", doc="free text shown by `farmbench devices`"),
     # SSH boards
     Field("host", "str", doc="ssh: host name, address, or a Host alias from ~/.ssh/config"),
     Field("port", "int", min_value=1, doc="ssh: port (default: from ~/.ssh/config, else 22)"),
     Field("user", "str", doc="ssh: user (default: from ~/.ssh/config, else your user name)"),
-    Field("key_file", "path", doc="ssh: private key file (default: ssh-agent, then ~/.ssh/id_*)"),
+    Field("key_file", "path",
+          doc="ssh: private key (default: ssh-agent, then ~/.ssh/id_*); adb: RSA key (default ~/.android/adbkey)"),
+    # Android phones
+    Field("serial", "str", doc="adb: USB serial (see `adb devices`); use host/port for ADB over TCP"),
+    Field("benchmark_model", "path",
+          doc="adb: LiteRT's prebuilt benchmark_model binary for the phone's ABI, on this machine (pushed once)"),
+    Field("device_dir", "str", default="/data/local/tmp/farmbench", doc="adb: where models go on the phone"),
+    Field("auth_timeout_s", "float", default=30.0, min_exclusive=0,
+          doc="adb: how long to wait for the phone to accept farmbench's key (someone taps Allow on the phone)"),
+    Field("read_timeout_s", "float", default=10.0, min_exclusive=0,
+          doc="adb: give up when a transfer or command is silent this long (long benchmarks raise it)"),
     Field("known_hosts", "path", doc="ssh: known_hosts file (default ~/.ssh/known_hosts)"),
     Field("ssh_config", "path", doc="ssh: ssh_config file (default ~/.ssh/config when present)"),
     Field("accept_new_host_key", "bool", default=False,
@@ -70,10 +81,14 @@ def load_device_file(path: str | Path) -> DeviceConfig:
     reject_unknown_keys(doc, (), doc.data, [f.name for f in DEVICE_FIELDS])
     values = validate_table(doc, (), doc.data, DEVICE_FIELDS)
     kind = values["kind"]
+    if kind == "adb" and bool(values.get("host")) == bool(values.get("serial")):
+        raise ConfigError("an adb device needs either host (ADB over TCP) or serial (USB)", path=str(doc.path),
+                          line=doc.line_of(("kind",)), key="host",
+                          hint='add host = "192.168.1.20" (and port, default 5555), or serial = "R58M..."')
     if kind == "ssh" and not values.get("host"):
         raise ConfigError("an ssh device needs a host", path=str(doc.path), line=doc.line_of(("kind",)), key="host",
                           hint='add host = "board.local" (or a Host alias from ~/.ssh/config)')
-    for key in ("key_file", "known_hosts", "ssh_config"):
+    for key in ("key_file", "known_hosts", "ssh_config", "benchmark_model"):
         if values.get(key) is not None:
             values[key] = str(values[key])
     name = str(values.get("name") or doc.path.stem)
@@ -97,6 +112,25 @@ def parse_device_url(url: str) -> DeviceConfig:
     return DeviceConfig(name=url.removeprefix("ssh://"), kind="ssh", source=url, values=values)
 
 
+def parse_adb_url(url: str) -> DeviceConfig:
+    """``adb://host[:port]`` or ``adb-usb://SERIAL`` -> an ad-hoc phone (no benchmark_model binary: probe only,
+    unless FARMBENCH_BENCHMARK_MODEL names one)."""
+    parts = urlsplit(url)
+    values = _defaults()
+    values["kind"] = "adb"
+    if parts.scheme == "adb":
+        if not parts.hostname:
+            raise UsageError(f"cannot read device URL {url!r}", hint="write adb://HOST[:PORT]")
+        values.update({"host": parts.hostname, "port": parts.port or 5555})
+    else:
+        if not parts.netloc:
+            raise UsageError(f"cannot read device URL {url!r}", hint="write adb-usb://SERIAL")
+        values["serial"] = parts.netloc
+    if os.environ.get("FARMBENCH_BENCHMARK_MODEL"):
+        values["benchmark_model"] = os.environ["FARMBENCH_BENCHMARK_MODEL"]
+    return DeviceConfig(name=url.split("://", 1)[1], kind="adb", source=url, values=values)
+
+
 def _defaults() -> dict[str, Any]:
     doc = TomlDocument.from_string("kind = 'local'\n", "<built-in>")
     return validate_table(doc, (), {"kind": "local"}, DEVICE_FIELDS)
@@ -112,7 +146,7 @@ def resolve_device(ref: str, directory: Path | None = None) -> DeviceConfig:
     if _SSH_URL.match(ref):
         return parse_device_url(ref)
     if ref.startswith(("adb://", "adb-usb://")):
-        raise UsageError(f"{ref}: Android devices are not supported yet", hint="use local or ssh:// devices")
+        return parse_adb_url(ref)
     if ref.endswith(".toml") or "/" in ref:
         return load_device_file(ref)
     candidate = directory / f"{ref}.toml"

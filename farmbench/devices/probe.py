@@ -13,6 +13,8 @@ def probe_device(device: DeviceConfig, *, accept_new_host_key: bool = False) -> 
     from farmbench.runners.board import BoardSession, open_transport
 
     report: dict[str, Any] = {"name": device.name, "kind": device.kind, "source": device.source}
+    if device.kind == "adb":
+        return _probe_phone(device, report)
     try:
         session = BoardSession(device, open_transport(device, accept_new_host_key=accept_new_host_key))
     except FarmbenchError as exc:
@@ -45,6 +47,45 @@ def probe_device(device: DeviceConfig, *, accept_new_host_key: bool = False) -> 
             "python": probe.get("python_version"),
             "runtimes": ", ".join(runtimes) or "none",
             "free disk": f"{free / 2**30:.1f} GiB in {probe.get('work_dir')}" if free else "unknown",
+        },
+    })
+    return report
+
+
+def _probe_phone(device: DeviceConfig, report: dict[str, Any]) -> dict[str, Any]:
+    from farmbench.runners.board import open_transport
+    from farmbench.runners.phone import PhoneSession
+
+    try:
+        session = PhoneSession(device, open_transport(device))
+    except FarmbenchError as exc:
+        return {**report, "status": "unreachable", "error": exc.format()}
+    try:
+        session.prepare()
+        report["identity"] = session.identity()
+    except FarmbenchError as exc:
+        return {**report, "status": "unusable", "error": exc.format()}
+    finally:
+        session.close()
+    context = session.context()
+    clusters = ", ".join(f"cpus {c['cpus']} @ {c['max_freq_khz'] / 1000:.0f} MHz"
+                         for c in context.get("cpu_clusters") or [])
+    battery = context.get("battery") or {}
+    report.update({
+        "status": "reachable",
+        "probe": session.probe,
+        "summary": {
+            "model": f"{context.get('manufacturer')} {context.get('model')}",
+            "soc": context.get("soc") or "unknown",
+            "android": f"{context.get('release')} (SDK {context.get('sdk')})",
+            "build": context.get("build_fingerprint"),
+            "abi": context.get("abi"),
+            "cpu": clusters or "no cpufreq",
+            "battery": f"{battery.get('capacity', '?')}% {battery.get('status', '')},"
+                       f" {int(battery['temp']) / 10:.1f} C" if battery.get("temp", "").lstrip("-").isdigit()
+                       else str(battery or "unknown"),
+            "rooted": "yes" if context.get("rooted") else "no",
+            "binary": session.binary_path or "no benchmark_model configured",
         },
     })
     return report

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from farmbench.errors import FarmbenchError
 from farmbench.results.stats import LatencyStats
 
 # These lists are baked into v1's CHECK constraints: adding a value is a new migration step (SQLite cannot alter
@@ -240,8 +241,10 @@ class MeasurementRecord:
 
     def with_error(self, exc: BaseException, *, status: str = "failed") -> MeasurementRecord:
         """This record marked failed (or skipped) by ``exc``. Transient when the exception says so
-        (``TransportError.transient``); anything else, including bugs, is permanent: retrying will not help."""
-        return replace(self, status=status, error_class=type(exc).__name__, error_message=str(exc),
+        (``TransportError.transient``); anything else, including bugs, is permanent: retrying will not help.
+        farmbench's own errors keep their hint (what to do next) in the message."""
+        message = exc.format() if isinstance(exc, FarmbenchError) else str(exc)
+        return replace(self, status=status, error_class=type(exc).__name__, error_message=message,
                        transient=bool(getattr(exc, "transient", False)))
 
     def all_flags(self) -> list[str]:

@@ -45,7 +45,17 @@ def open_transport(device: DeviceConfig, *, accept_new_host_key: bool = False) -
             connect_timeout_s=float(v.get("connect_timeout_s") or 10.0),
         )
         return SshTransport(target, device=device.name)
-    raise RunnerError(f"device {device.name}: kind {device.kind!r} is not supported yet")
+    if device.kind == "adb":
+        from farmbench.transports.adb import AdbTarget, AdbTransport
+
+        v = device.values
+        adb_options: dict[str, Any] = {"key_path": Path(v["key_file"]).expanduser()} if v.get("key_file") else {}
+        adb_target = AdbTarget(host=v.get("host"), port=int(v.get("port") or 5555), serial=v.get("serial"),
+                               connect_timeout_s=float(v.get("connect_timeout_s") or 10.0),
+                               read_timeout_s=float(v.get("read_timeout_s") or 10.0),
+                               auth_timeout_s=float(v.get("auth_timeout_s") or 30.0), **adb_options)
+        return AdbTransport(adb_target, device=device.name)
+    raise RunnerError(f"device {device.name}: kind {device.kind!r} is not supported")
 
 
 @dataclass(frozen=True)

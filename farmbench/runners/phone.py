@@ -1,0 +1,157 @@
+"""The Android side: prepare a phone (probe it, push the user's ``benchmark_model`` binary), run one measurement.
+
+Timing happens on the phone inside LiteRT's ``benchmark_model``; it prints aggregates only (count, mean, std, min,
+max, and p5/median/p95 on LiteRT builds), so each repeat is one session and the distribution across sessions is what
+statistics and checks use. The record carries ``latency`` from :func:`summarize_aggregates` and no raw samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from farmbench.devices.config import DeviceConfig
+from farmbench.errors import RunnerError, UsageError
+from farmbench.results.schema import MeasurementRecord
+from farmbench.runners.benchmark_model import BenchmarkModelConfig, benchmark_model_argv, cpu_mask, parse_output
+from farmbench.runners.board import RunSpec
+from farmbench.transports.base import Transport
+
+SETUP_TIMEOUT_S = 120.0
+DEFAULT_DEVICE_DIR = "/data/local/tmp/farmbench"
+PROPS = ("ro.product.manufacturer", "ro.product.model", "ro.soc.model", "ro.board.platform", "ro.hardware",
+         "ro.build.fingerprint", "ro.build.version.sdk", "ro.build.version.release", "ro.product.cpu.abi",
+         "ro.serialno")
+
+
+class PhoneSession:
+    """A phone prepared for benchmark_model runs: probed, binary pushed by hash."""
+
+    def __init__(self, device: DeviceConfig, transport: Transport) -> None:
+        self.device = device
+        self.transport = transport
+        self.device_dir = str(device.get("device_dir") or DEFAULT_DEVICE_DIR)
+        self.binary_path = ""
+        self.probe: dict[str, Any] = {}
+        self._pushed: dict[str, str] = {}
+
+    def prepare(self) -> dict[str, Any]:
+        props = self._getprops()
+        clusters = self._clusters()
+        self.probe = {
+            "props": props, "cpu_clusters": [{"cpus": c, "max_freq_khz": f} for c, f in clusters],
+            "battery": self._battery(), "rooted": self._rooted(),
+        }
+        self.transport.mkdir_p(self.device_dir, timeout_s=SETUP_TIMEOUT_S)
+        binary = self.device.get("benchmark_model")
+        if binary:
+            local = Path(str(binary)).expanduser()
+            if not local.is_file():
+                raise UsageError(f"device {self.device.name}: benchmark_model binary {local} does not exist",
+                                 hint="download LiteRT's prebuilt benchmark_model for the phone's ABI"
+                                      f" ({props.get('ro.product.cpu.abi') or 'see getprop ro.product.cpu.abi'})")
+            sha = hashlib.sha256(local.read_bytes()).hexdigest()
+            self.binary_path, _ = self.transport.push_cached(local, sha, self.device_dir, "benchmark_model",
+                                                             timeout_s=SETUP_TIMEOUT_S)
+            self.transport.run(["chmod", "755", self.binary_path], timeout_s=30.0).check()
+        return self.probe
+
+    def identity(self) -> str:
+        props = self.probe.get("props", {})
+        serial = props.get("ro.serialno") or props.get("ro.build.fingerprint") or self.device.name
+        return f"adb:{serial}:{props.get('ro.product.model', '')}"
+
+    def context(self) -> dict[str, Any]:
+        props = self.probe.get("props", {})
+        return {
+            "manufacturer": props.get("ro.product.manufacturer"), "model": props.get("ro.product.model"),
+            "soc": props.get("ro.soc.model") or props.get("ro.board.platform") or props.get("ro.hardware"),
+            "build_fingerprint": props.get("ro.build.fingerprint"), "sdk": props.get("ro.build.version.sdk"),
+            "release": props.get("ro.build.version.release"), "abi": props.get("ro.product.cpu.abi"),
+            "cpu_clusters": self.probe.get("cpu_clusters"), "battery": self.probe.get("battery"),
+            "rooted": self.probe.get("rooted"),
+        }
+
+    def ensure_model(self, local_path: Path, sha256: str) -> str:
+        if sha256 not in self._pushed:
+            remote, _ = self.transport.push_cached(local_path, sha256, self.device_dir, local_path.name,
+                                                   timeout_s=SETUP_TIMEOUT_S)
+            self._pushed[sha256] = remote
+        return self._pushed[sha256]
+
+    def bench(self, remote_model: str, spec: RunSpec, *, timeout_s: float) -> str:
+        if not self.binary_path:
+            raise RunnerError(f"device {self.device.name}: no benchmark_model binary configured",
+                              hint='set benchmark_model = "/path/to/benchmark_model" in the device file')
+        config = BenchmarkModelConfig(
+            graph=remote_model, num_threads=spec.threads, warmup_runs=spec.warmup_runs,
+            warmup_min_secs=spec.warmup_min_s, num_runs=spec.runs, min_secs=spec.min_s, max_secs=spec.max_s,
+            use_xnnpack=spec.xnnpack == "on", report_peak_memory_footprint=True,
+        )
+        mask = None
+        if spec.affinity:
+            clusters = [(c["cpus"], c["max_freq_khz"]) for c in self.probe.get("cpu_clusters", [])]
+            mask = cpu_mask(spec.affinity, clusters)
+        argv = benchmark_model_argv(self.binary_path, config, taskset_mask=mask)
+        completed = self.transport.run(argv, timeout_s=timeout_s)
+        return completed.stdout + completed.stderr
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _getprops(self) -> dict[str, str]:
+        completed = self.transport.run(["getprop"], timeout_s=30.0)
+        found = dict(re.findall(r"^\[([^\]]+)\]: \[([^\]]*)\]", completed.stdout, flags=re.M))
+        return {key: found[key] for key in PROPS if found.get(key)}
+
+    def _clusters(self) -> list[tuple[list[int], int]]:
+        """CPU clusters from cpufreq: (cpus, max frequency in kHz), one per distinct related_cpus set."""
+        script = ("for d in /sys/devices/system/cpu/cpu[0-9]*/cpufreq; do "
+                  "echo \"$(cat $d/related_cpus 2>/dev/null)|$(cat $d/cpuinfo_max_freq 2>/dev/null)\"; done")
+        completed = self.transport.run(["sh", "-c", script], timeout_s=30.0)
+        clusters: dict[tuple[int, ...], int] = {}
+        for line in completed.stdout.splitlines():
+            cpus_text, _, freq_text = line.partition("|")
+            cpus = tuple(int(c) for c in cpus_text.split() if c.isdigit())
+            if cpus and freq_text.strip().isdigit():
+                clusters[cpus] = int(freq_text)
+        return [(list(cpus), freq) for cpus, freq in sorted(clusters.items())]
+
+    def _battery(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name in ("capacity", "status", "temp"):
+            completed = self.transport.run(["cat", f"/sys/class/power_supply/battery/{name}"], timeout_s=30.0)
+            if completed.rc == 0:
+                out[name] = completed.stdout.strip()
+        return out
+
+    def _rooted(self) -> bool:
+        completed = self.transport.run(["id", "-u"], timeout_s=30.0)
+        return completed.stdout.strip() == "0"
+
+
+def record_from_output(text: str, base: MeasurementRecord, manifest: dict[str, Any],
+                       session: PhoneSession) -> MeasurementRecord:
+    """benchmark_model's output -> a record: aggregate statistics, delegate coverage, classified failures."""
+    result = parse_output(text)
+    context = {**session.context(), "converter_versions": manifest.get("versions"),
+               "benchmark_model": result.to_json()}
+    record = replace(base, runtime="benchmark_model", context=context)
+    issue = result.error
+    if issue is not None:
+        return replace(record, status="failed", error_class=issue.kind, error_message=issue.message, transient=False)
+    flags: list[str] = []
+    delegate = result.delegate
+    if delegate is not None and delegate.coverage == "partial":
+        flags.append(f"{delegate.name.lower()}_partially_applied")
+    elif delegate is not None and delegate.coverage == "none":
+        flags.append(f"{delegate.name.lower()}_not_applied")
+    return replace(
+        record, status="ok", latency=result.to_latency_stats(), flags=flags,
+        init_ms=None if result.init_us is None else result.init_us / 1000.0,
+        first_inference_ms=None if result.first_inference_us is None else result.first_inference_us / 1000.0,
+        peak_rss_mb=result.peak_memory_mb,
+    )

@@ -1,0 +1,140 @@
+"""`farmbench run` on an Android phone: the real CLI, over real ADB (adb-shell) to the loopback ADB device emulator,
+with the user's `benchmark_model` binary pushed by hash (a stand-in that runs LiteRT for real and prints the
+real tool's output format)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farmbench.results.store import ResultStore
+from tests.conftest import GRID_FLAGS, BuiltGrid, cli_command, cli_env, describe
+from tests.peers.benchmark_model_standin import install as install_benchmark_model
+
+pytestmark = pytest.mark.slow
+
+QUICK = ("--runs", "5", "--min-s", "0", "--max-s", "30", "--warmup-runs", "1", "--warmup-min-s", "0")
+
+
+def farmbench(*args: str | Path, cache_dir: Path, env: dict[str, str] | None = None,
+              timeout_s: float = 300) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    proc = subprocess.run(cli_command(*args), env=cli_env(cache_dir, env), capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+    return proc, time.monotonic() - started
+
+
+def phone_file(tmp_path: Path, port: int, *, binary: Path | None, key: Path, name: str = "phone") -> Path:
+    lines = ['kind = "adb"', 'host = "127.0.0.1"', f"port = {port}", f'key_file = "{key}"', "connect_timeout_s = 3",
+             "auth_timeout_s = 3"]
+    if binary is not None:
+        lines.append(f'benchmark_model = "{binary}"')
+    path = tmp_path / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def cache(built_grid: BuiltGrid, tmp_path: Path) -> Path:
+    return built_grid.copy(tmp_path / "cache")
+
+
+@pytest.fixture
+def binary(tmp_path: Path) -> Path:
+    """The user's benchmark_model binary on the host (farmbench pushes it to the phone)."""
+    return install_benchmark_model(tmp_path / "tools" / "benchmark_model")
+
+
+def records(db: Path) -> list[Any]:
+    with ResultStore(db, create=False) as store:
+        return store.measurements()
+
+
+def test_run_on_emulated_phone(adb_emulator: Any, cache: Path, binary: Path, tmp_path: Path) -> None:
+    emulator = adb_emulator(auth="accept-new")
+    device = phone_file(tmp_path, emulator.port, binary=binary, key=tmp_path / "keys" / "adbkey")
+    db = tmp_path / "results.db"
+    proc, _ = farmbench("run", *GRID_FLAGS, "--quant", "fp32,int8", "--format", "tflite,onnx", "--device", device,
+                        "--threads", "1,2", "--repeats", "1", *QUICK, "--db", db, "--json", cache_dir=cache)
+    assert proc.returncode == 0, describe(proc)
+    summary = json.loads(proc.stdout)
+    assert (summary["ok"], summary["skipped"], summary["failed"]) == (4, 4, 0), describe(proc)
+    found = records(db)
+    ok = [r for r in found if r.status == "ok"]
+    assert {(r.runtime, r.config["threads"]) for r in ok} == {("benchmark_model", 1), ("benchmark_model", 2)}
+    for record in ok:
+        assert record.latency is not None and record.latency.n == 5
+        assert record.latency.p50_us is not None and record.latency.p50_us > 0
+        assert "aggregate_only" in record.all_flags()
+        assert record.context["abi"] == "arm64-v8a" and record.context["model"]
+        assert record.context["benchmark_model"]["count"] == 5
+        assert record.init_ms is not None and record.init_ms > 0
+    skipped = [r for r in found if r.status == "skipped"]
+    assert len(skipped) == 4 and all("onnxruntime_perf_test" in (r.error_message or "") for r in skipped)
+    with ResultStore(db, create=False) as store:
+        devices = store.devices()
+    assert any(d.identity.startswith("adb:") and d.kind == "adb" for d in devices)
+    # The binary and models went to the phone once each, by hash.
+    pushed = list((emulator.sandbox / "data/local/tmp/farmbench").rglob("*"))
+    assert sum(p.name == "benchmark_model" for p in pushed) == 1
+    assert sum(p.suffix == ".tflite" for p in pushed) == 2
+
+
+def test_unauthorized_phone_is_a_clear_failure(adb_emulator: Any, cache: Path, binary: Path, tmp_path: Path) -> None:
+    emulator = adb_emulator(auth="never")
+    device = phone_file(tmp_path, emulator.port, binary=binary, key=tmp_path / "keys" / "adbkey")
+    db = tmp_path / "results.db"
+    proc, seconds = farmbench("run", *GRID_FLAGS, "--quant", "fp32", "--format", "tflite", "--device", device,
+                              "--repeats", "1", *QUICK, "--db", db, cache_dir=cache)
+    assert proc.returncode == 1, describe(proc)
+    failed = records(db)
+    assert failed and all(r.status == "failed" for r in failed)
+    assert "did not accept ADB key" in (failed[0].error_message or "")
+    assert "Allow USB debugging" in (failed[0].error_message or ""), failed[0].error_message  # the hint is kept
+    assert seconds < 60
+
+
+def test_offline_phone_fails_within_its_timeout(cache: Path, binary: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    device = phone_file(tmp_path, port, binary=binary, key=tmp_path / "keys" / "adbkey")
+    db = tmp_path / "results.db"
+    proc, seconds = farmbench("run", *GRID_FLAGS, "--quant", "fp32", "--format", "tflite", "--device", device,
+                              "--repeats", "1", *QUICK, "--db", db, cache_dir=cache)
+    assert proc.returncode == 1, describe(proc)
+    failed = records(db)
+    assert failed and f"127.0.0.1:{port}" in (failed[0].error_message or "")
+    assert seconds < 30
+
+
+def test_op_version_mismatch_is_classified(adb_emulator: Any, cache: Path, binary: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The emulator runs phone commands with its own environment: the stand-in then fails like an old binary.
+    monkeypatch.setenv("FARMBENCH_STANDIN_OP_VERSION", "1")
+    emulator = adb_emulator(auth="accept-new")
+    device = phone_file(tmp_path, emulator.port, binary=binary, key=tmp_path / "keys" / "adbkey")
+    db = tmp_path / "results.db"
+    proc, _ = farmbench("run", *GRID_FLAGS, "--quant", "fp32", "--format", "tflite", "--device", device,
+                        "--repeats", "1", *QUICK, "--db", db, cache_dir=cache)
+    assert proc.returncode == 1, describe(proc)
+    failed = records(db)
+    assert failed and failed[0].error_class == "op_version"
+    assert "older than the converter" in (failed[0].error_message or "")
+
+
+def test_devices_probe_describes_the_phone(adb_emulator: Any, binary: Path, tmp_path: Path) -> None:
+    emulator = adb_emulator(auth="accept-new")
+    device = phone_file(tmp_path, emulator.port, binary=binary, key=tmp_path / "keys" / "adbkey")
+    proc = subprocess.run(cli_command("devices", "--probe", "-d", device), env=cli_env(None, None),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, describe(proc)
+    for needle in ("reachable", "android", "arm64-v8a", "MHz", "battery", "benchmark_model"):
+        assert needle in proc.stdout, describe(proc)
