@@ -39,23 +39,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 AGENT = REPO / "farmbench" / "runners" / "agent.py"
 
-TIGHT_LOOP = textwrap.dedent('''
-    import json, sys, time
-    import numpy as np
-    model, runtime = sys.argv[1], sys.argv[2]
-    threads, warmup, runs = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    if sys.argv[6]:
-        import os
-        os.sched_setaffinity(0, [int(c) for c in sys.argv[6].split(",")])
-    rng = np.random.default_rng(0)
-    if runtime == "litert":
-        from ai_edge_litert.interpreter import Interpreter
-        interpreter = Interpreter(model_path=model, num_threads=threads)
-        interpreter.allocate_tensors()
-        inp = interpreter.get_input_details()[0]
-        interpreter.set_tensor(inp["index"], rng.uniform(-1, 1, inp["shape"]).astype(inp["dtype"]))
-        invoke = interpreter.invoke
-    else:
+MAKE_INVOKE = textwrap.dedent('''
+    def make_invoke(model, runtime, threads):
+        """The runtime's one inference call, inputs set once (seeded), as the agent's timer sees it."""
+        rng = np.random.default_rng(0)
+        if runtime == "litert":
+            from ai_edge_litert.interpreter import Interpreter
+            interpreter = Interpreter(model_path=model, num_threads=threads)
+            interpreter.allocate_tensors()
+            inp = interpreter.get_input_details()[0]
+            interpreter.set_tensor(inp["index"], rng.uniform(-1, 1, inp["shape"]).astype(inp["dtype"]))
+            return interpreter.invoke
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -64,13 +58,23 @@ TIGHT_LOOP = textwrap.dedent('''
         data = rng.uniform(-1, 1, [d if isinstance(d, int) else 1 for d in node.shape]).astype(np.float32)
         if runtime == "onnxruntime-run":
             feed = {node.name: data}
-            invoke = lambda: session.run(None, feed)
-        else:
-            binding = session.io_binding()
-            binding.bind_cpu_input(node.name, data)
-            for out in session.get_outputs():
-                binding.bind_output(out.name, "cpu")
-            invoke = lambda: session.run_with_iobinding(binding)
+            return lambda: session.run(None, feed)
+        binding = session.io_binding()
+        binding.bind_cpu_input(node.name, data)
+        for out in session.get_outputs():
+            binding.bind_output(out.name, "cpu")
+        return lambda: session.run_with_iobinding(binding)
+''')
+
+TIGHT_LOOP = MAKE_INVOKE + textwrap.dedent('''
+    import json, sys, time
+    import numpy as np
+    model, runtime = sys.argv[1], sys.argv[2]
+    threads, warmup, runs = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    if sys.argv[6]:
+        import os
+        os.sched_setaffinity(0, [int(c) for c in sys.argv[6].split(",")])
+    invoke = make_invoke(model, runtime, threads)
     for _ in range(1 + warmup):
         invoke()
     latencies = []
@@ -104,7 +108,7 @@ def bootstrap_median_ci(values: list[float], resamples: int = 2000, seed: int = 
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
-LOOP_CHECK = textwrap.dedent('''
+LOOP_CHECK = MAKE_INVOKE + textwrap.dedent('''
     import importlib.util, json, statistics, sys, time
     import numpy as np
     spec = importlib.util.spec_from_file_location("agent", sys.argv[1])
@@ -112,26 +116,7 @@ LOOP_CHECK = textwrap.dedent('''
     spec.loader.exec_module(agent)
     model, runtime = sys.argv[2], sys.argv[3]
     threads, pairs, block = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-    rng = np.random.default_rng(0)
-    if runtime == "litert":
-        from ai_edge_litert.interpreter import Interpreter
-        interpreter = Interpreter(model_path=model, num_threads=threads)
-        interpreter.allocate_tensors()
-        inp = interpreter.get_input_details()[0]
-        interpreter.set_tensor(inp["index"], rng.uniform(-1, 1, inp["shape"]).astype(inp["dtype"]))
-        invoke = interpreter.invoke
-    else:
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        node = session.get_inputs()[0]
-        data = rng.uniform(-1, 1, [d if isinstance(d, int) else 1 for d in node.shape]).astype(np.float32)
-        binding = session.io_binding()
-        binding.bind_cpu_input(node.name, data)
-        for out in session.get_outputs():
-            binding.bind_output(out.name, "cpu")
-        invoke = lambda: session.run_with_iobinding(binding)
+    invoke = make_invoke(model, runtime, threads)
     for _ in range(50):
         invoke()
     agent_ns, tight_ns = [], []
