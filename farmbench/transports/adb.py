@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from adb_shell import adb_message
 from adb_shell import exceptions as adb_exceptions
 from adb_shell.adb_device import AdbDevice
 from adb_shell.auth.keygen import keygen, write_public_keyfile
@@ -52,6 +54,20 @@ from farmbench.transports.base import Completed, Deadline, Transport, partial_na
 from farmbench.transports.quoting import join, quote
 
 _log = logging.getLogger(__name__)
+
+
+def _fast_checksum(data: bytes | bytearray | str) -> int:
+    """ADB's packet checksum (the sum of the payload's bytes, mod 2**32), summed by numpy.
+
+    adb-shell sums with Python's ``sum()`` over every byte it sends: on a 20 MB push that loop was most of the
+    time (45 MB/s against 324 MB/s for Debian's adb to the same device). Same value, about 100x faster."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return int(np.frombuffer(data, dtype=np.uint8).sum(dtype=np.uint64)) & 0xFFFFFFFF
+
+
+# adb-shell looks the function up in its module at call time, so this replaces it for every AdbMessage.
+adb_message.checksum = _fast_checksum
 
 DEFAULT_PORT = 5555
 DEFAULT_KEY_PATH = Path("~/.android/adbkey")
