@@ -712,3 +712,9 @@ def _grid_values(grid: VariantGrid) -> dict[str, object]:
     values = dataclasses.asdict(grid)
     values["models"] = [str(path) for path in grid.models]
     return values
+
+
+def sweep_json(sweep: Sweep) -> dict[str, Any]:
+    """The sweep as JSON-ready values (what a run records): name, source file, [variants] and [run]."""
+    return {"name": sweep.name, "path": str(sweep.path) if sweep.path else None,
+            "variants": _grid_values(sweep.variants), "run": dataclasses.asdict(sweep.run)}

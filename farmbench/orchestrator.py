@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from farmbench.config import RunConfig, Sweep
+from farmbench.config import RunConfig, Sweep, sweep_json
 from farmbench.devices.config import DeviceConfig
 from farmbench.errors import FarmbenchError
 from farmbench.results.schema import MeasurementRecord
@@ -288,11 +288,7 @@ def run_sweep(
     reported in the summary and left out of the plan)."""
     started = time.monotonic()
     plan, not_planned = make_plan(artifacts, devices, sweep.run)
-    from farmbench.config import _grid_values  # the sweep as JSON, as the config layer writes it
-
-    sweep_json = {"name": sweep.name, "path": str(sweep.path) if sweep.path else None,
-                  "variants": _grid_values(sweep.variants), "run": asdict(sweep.run)}
-    run_id = store.start_run(sweep_name=sweep.name, sweep=sweep_json, plan=[item.to_json() for item in plan],
+    run_id = store.start_run(sweep_name=sweep.name, sweep=sweep_json(sweep), plan=[item.to_json() for item in plan],
                              command=list(command) or sys.argv, seed=sweep.run.order_seed,
                              git_commit=git_commit(), host=socket.gethostname())
     by_key = {a.key: a for a in artifacts if a.entry is not None}
