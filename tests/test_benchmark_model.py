@@ -223,6 +223,13 @@ def test_argv_full_config_with_taskset() -> None:
     ]
 
 
+def test_colon_in_an_input_name_is_escaped_as_the_tool_documents() -> None:
+    # benchmark_model's flag docs: 'In case the input layer name contains ':' e.g. "input:0", escape it with "::"'.
+    config = BenchmarkModelConfig(graph="m.tflite", input_layer_value_files=[("serving_default_x:0", "/d/in.bin")])
+    argv = benchmark_model_argv("bm", config, taskset_mask=None)
+    assert argv[-1] == "--input_layer_value_files=serving_default_x::0:/d/in.bin"
+
+
 def test_config_is_frozen_and_hashable_with_input_files() -> None:
     config = BenchmarkModelConfig(graph="m.tflite", input_layer_value_files=[("a", "/x")])
     assert config.input_layer_value_files == (("a", "/x"),)
@@ -234,7 +241,8 @@ def test_config_is_frozen_and_hashable_with_input_files() -> None:
     ({"graph": "m", "num_threads": 0}, "num_threads"),
     ({"graph": "m", "max_secs": -1.0}, "max_secs"),
     ({"graph": "m", "use_nnapi": False, "nnapi_accelerator_name": "x"}, "use_nnapi"),
-    ({"graph": "m", "input_layer_value_files": [("input:0", "/x")]}, "input:0"),
+    ({"graph": "m", "input_layer_value_files": [("in,put", "/x")]}, "in,put"),
+    ({"graph": "m", "input_layer_value_files": [("input", "/x:y")]}, "/x:y"),
 ])
 def test_config_rejects_what_the_tool_would_misread(kwargs: dict[str, object], fragment: str) -> None:
     with pytest.raises(UsageError, match=fragment):

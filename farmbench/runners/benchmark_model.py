@@ -133,12 +133,13 @@ class BenchmarkModelConfig:
         if self.input_layer_value_files is not None:
             pairs = tuple((str(n), str(p)) for n, p in self.input_layer_value_files)
             for name, path in pairs:
-                # The flag is "name:path,name:path"; a ':' or ',' inside either would be split wrongly on the phone.
-                if not name or not path or any(ch in name + path for ch in ":,"):
+                # The flag is "name:path,name:path"; a ':' in a name is written '::' (the tool's documented escape,
+                # e.g. "input::0:/path"), but nothing escapes ',' anywhere or ':' in a path.
+                if not name or not path or "," in name or any(ch in path for ch in ":,"):
                     raise UsageError(
                         f"benchmark_model input_layer_value_files entry ({name!r}, {path!r}) cannot be passed: "
-                        "names and paths must be non-empty and contain no ':' or ','",
-                        hint="rename the file on the device; for a tensor name with ':' use its signature name",
+                        "names and paths must be non-empty, names contain no ',' and paths no ':' or ','",
+                        hint="rename the file on the device, or give the input's signature name",
                     )
             object.__setattr__(self, "input_layer_value_files", pairs)
 
@@ -171,7 +172,7 @@ def benchmark_model_argv(binary: str, config: BenchmarkModelConfig, *, taskset_m
         if value is not None:
             argv.append(f"--{flag}={_flag_value(value)}")
     if config.input_layer_value_files:
-        joined = ",".join(f"{name}:{path}" for name, path in config.input_layer_value_files)
+        joined = ",".join(f"{name.replace(':', '::')}:{path}" for name, path in config.input_layer_value_files)
         argv.append(f"--input_layer_value_files={joined}")
     if config.output_filepath is not None:
         argv.append(f"--output_filepath={config.output_filepath}")
