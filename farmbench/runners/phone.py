@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from farmbench.devices.config import DeviceConfig
-from farmbench.errors import RunnerError, UsageError
+from farmbench.errors import CommandTimeoutError, RunnerError, UsageError
 from farmbench.results.schema import MeasurementRecord
 from farmbench.runners.benchmark_model import BenchmarkModelConfig, benchmark_model_argv, cpu_mask, parse_output
 from farmbench.runners.board import RunSpec
-from farmbench.transports.base import Transport
+from farmbench.runners.tensor_io import input_bytes, split_outputs
+from farmbench.transports.base import Deadline, Transport
+from farmbench.variants.inspect import ModelFacts
 
 SETUP_TIMEOUT_S = 120.0
 DEFAULT_DEVICE_DIR = "/data/local/tmp/farmbench"
@@ -99,6 +104,59 @@ class PhoneSession:
         completed = self.transport.run(argv, timeout_s=timeout_s)
         return completed.stdout + completed.stderr
 
+    def output_tensors(self, remote_model: str, facts: ModelFacts, samples: np.ndarray, *, threads: int = 1,
+                       xnnpack: bool | None = None, timeout_s: float) -> list[np.ndarray]:
+        """Run the model once per sample on the phone and return its outputs: one float32 array per model output,
+        ``(len(samples), ...)``, dequantised. Each sample (float values, one input) goes over as the raw bytes of
+        the input tensor (pushed by hash, so the evaluation set is uploaded once per phone and input type), through
+        ``--input_layer_value_files``; ``--output_filepath`` brings back the last (only) run's outputs."""
+        if not self.binary_path:
+            raise RunnerError(f"device {self.device.name}: no benchmark_model binary configured",
+                              hint='set benchmark_model = "/path/to/benchmark_model" in the device file')
+        if len(facts.inputs) != 1:
+            raise UsageError(f"outputs on a phone are measured for one-input models; this one has"
+                             f" {len(facts.inputs)} inputs")
+        info = facts.inputs[0]
+        deadline = Deadline(timeout_s)
+
+        def left_s() -> float:
+            remaining = deadline.remaining_s()
+            if remaining <= 0:
+                raise CommandTimeoutError(f"{self.device.name}: output tensors for {len(samples)} inputs took longer"
+                                          f" than {timeout_s:g} s", hint="raise timeout_s or use fewer inputs")
+            return remaining
+
+        out_dir = f"{self.device_dir}/outputs"
+        self.transport.mkdir_p(out_dir, timeout_s=left_s())
+        remote_output = f"{out_dir}/out.bin"
+        per_output: list[list[np.ndarray]] = [[] for _ in facts.outputs]
+        with tempfile.TemporaryDirectory(prefix="farmbench-io-") as tmp_text:
+            tmp = Path(tmp_text)
+            for index, sample in enumerate(samples):
+                data = input_bytes(sample, info)
+                local_input = tmp / "input.bin"
+                local_input.write_bytes(data)
+                sha = hashlib.sha256(data).hexdigest()
+                remote_input, _ = self.transport.push_cached(local_input, sha, f"{self.device_dir}/inputs",
+                                                             "input.bin", timeout_s=left_s())
+                config = BenchmarkModelConfig(
+                    graph=remote_model, num_threads=threads, warmup_runs=0, warmup_min_secs=0.0, num_runs=1,
+                    min_secs=0.0, use_xnnpack=xnnpack, input_layer_value_files=[(info.name, remote_input)],
+                    output_filepath=remote_output)
+                self.transport.run(["rm", "-f", remote_output], timeout_s=left_s()).check()
+                completed = self.transport.run(benchmark_model_argv(self.binary_path, config, taskset_mask=None),
+                                               timeout_s=left_s())
+                text = completed.stdout + completed.stderr
+                parse_output(text).raise_for_error()
+                if completed.rc != 0:
+                    raise RunnerError(f"{self.device.name}: benchmark_model exited {completed.rc} on input {index}"
+                                      f" ({_tail(text)})", hint="run the same command in `adb shell` to see why")
+                local_output = tmp / "output.bin"
+                self.transport.pull(remote_output, local_output, timeout_s=left_s())
+                for k, array in enumerate(split_outputs(local_output.read_bytes(), facts.outputs)):
+                    per_output[k].append(array)
+        return [np.concatenate(arrays, axis=0) for arrays in per_output]
+
     def close(self) -> None:
         self.transport.close()
 
@@ -155,3 +213,9 @@ def record_from_output(text: str, base: MeasurementRecord, manifest: dict[str, A
         first_inference_ms=None if result.first_inference_us is None else result.first_inference_us / 1000.0,
         peak_rss_mb=result.peak_memory_mb,
     )
+
+
+def _tail(text: str, limit: int = 200) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    flat = " | ".join(lines[-3:])
+    return flat[-limit:] if flat else "no output"
