@@ -209,6 +209,15 @@ def install_benchmark_model(root: Path, device_path: str = "/system/bin/benchmar
     return install(Path(root) / device_path.lstrip("/"))
 
 
+def install_ort_perf_test(root: Path, device_path: str = "/system/bin/onnxruntime_perf_test") -> Path:
+    """Install the onnxruntime_perf_test stand-in (tests/peers/ort_perf_test_standin.py, which runs models with the
+    host's onnxruntime) at ``device_path`` in the sandbox ``root``, as an executable sh wrapper; returns the host
+    path of the wrapper (a file tests can also push elsewhere, like a user-provided binary)."""
+    from tests.peers.ort_perf_test_standin import install
+
+    return install(Path(root) / device_path.lstrip("/"))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Connection and streams
 
