@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -184,6 +186,67 @@ def test_push_pull_round_trip_of_3_mb(phone: AdbTransport, tmp_path: Path, emula
     assert phone.remote_sha256("/data/local/tmp/model.bin", 10) == hashlib.sha256(data).hexdigest()
 
 
+def _client_wrte_sizes(emulator: AdbEmulator) -> list[int]:
+    return [entry[4] for entry in emulator.log if entry[:2] == ("recv", "WRTE")]
+
+
+def test_push_larger_than_one_packet_keeps_to_maxdata_and_one_wrte_in_flight(
+        phone: AdbTransport, tmp_path: Path, emulator: AdbEmulator) -> None:
+    # Not a multiple of 64 KiB (the largest sync DATA chunk) nor of maxdata (256 KiB): the last chunk is partial.
+    data = os.urandom(5 * 256 * 1024 + 12_345)
+    local = tmp_path / "model.bin"
+    local.write_bytes(data)
+    seen: list[tuple[int, int]] = []
+    phone.push(local, "/data/local/tmp/model.bin", timeout_s=60, progress=lambda done, total: seen.append((done, total)))
+    sizes = _client_wrte_sizes(emulator)
+    back = tmp_path / "back.bin"
+    phone.pull("/data/local/tmp/model.bin", back, timeout_s=60)
+    assert back.read_bytes() == data
+    # WRTEs filled up to the device's maxdata, never past it; the emulator records a WRTE sent before the OKAY of
+    # the previous one, and FAILs a DATA chunk over 64 KiB (the push would have failed).
+    assert max(sizes) == emulator.maxdata and len(sizes) == len(data) // emulator.maxdata + 1
+    assert emulator.violations == []
+    assert len(seen) == len(sizes) and seen[-1] == (len(data), len(data))
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_push_under_small_maxdata(adb_emulator: EmulatorFactory, adb_key: Path, tmp_path: Path) -> None:
+    emulator = adb_emulator(auth="accept", authorized_keys=[Path(f"{adb_key}.pub")], maxdata=4096)
+    data = os.urandom(300 * 1024 + 7)
+    local = tmp_path / "model.bin"
+    local.write_bytes(data)
+    with AdbTransport(_target(emulator, adb_key)) as phone:
+        phone.push(local, "/data/local/tmp/model.bin", timeout_s=60)
+        sizes = _client_wrte_sizes(emulator)
+        back = tmp_path / "back.bin"
+        phone.pull("/data/local/tmp/model.bin", back, timeout_s=60)
+    assert back.read_bytes() == data
+    assert max(sizes) == 4096 and sizes.count(4096) == len(sizes) - 1
+    assert emulator.violations == []
+
+
+def test_push_empty_file(phone: AdbTransport, tmp_path: Path, emulator: AdbEmulator) -> None:
+    local = tmp_path / "empty.bin"
+    local.write_bytes(b"")
+    (emulator.sandbox / "data/local/tmp/empty.bin").write_bytes(b"old contents")
+    phone.push(local, "/data/local/tmp/empty.bin", timeout_s=10)
+    assert (emulator.sandbox / "data/local/tmp/empty.bin").read_bytes() == b""
+
+
+def test_push_refused_by_the_device_reports_its_reason(phone: AdbTransport, tmp_path: Path,
+                                                        emulator: AdbEmulator) -> None:
+    (emulator.sandbox / "data/local/tmp/plainfile").write_bytes(b"not a directory")
+    local = tmp_path / "m.bin"
+    local.write_bytes(os.urandom(100_000))
+    started = time.monotonic()
+    with pytest.raises(TransportError) as caught:
+        phone.push(local, "/data/local/tmp/plainfile/m.bin", timeout_s=30)
+    assert time.monotonic() - started < 5
+    assert "couldn't create file" in str(caught.value) and "pushing" in str(caught.value)
+    assert "free space" in (caught.value.hint or "")
+    assert phone.run(["echo", "still here"], timeout_s=10).stdout == "still here\n"
+
+
 def test_push_dropped_mid_transfer_fails_cleanly_and_reconnects(adb_emulator: EmulatorFactory, adb_key: Path,
                                                                 tmp_path: Path) -> None:
     emulator = adb_emulator(auth="accept", authorized_keys=[Path(f"{adb_key}.pub")], fault="drop-mid-transfer",
@@ -227,6 +290,94 @@ def test_push_cached_skips_the_second_upload(phone: AdbTransport, tmp_path: Path
     assert uploaded and path == f"{cache}/{digest[:16]}/m.tflite"
     again, uploaded_again = phone.push_cached(local, digest, cache, "m.tflite", timeout_s=60)
     assert (again, uploaded_again) == (path, False)
+
+
+# Checksums: ADB protocol 0x01000001 (Android 9 on) sends data_check 0; 0x01000000 devices sum payloads.
+
+_HEADER = struct.Struct("<6I")
+_CNXN, _OPEN, _OKAY, _CLSE, _WRTE = 0x4E584E43, 0x4E45504F, 0x59414B4F, 0x45534C43, 0x45545257
+
+
+class _MinimalDevice:
+    """Just enough of an ADB device on loopback (no auth) to answer one shell command, announcing ``version`` in
+    its CNXN and summing its payloads only below 0x01000001 (``corrupt``: a wrong sum). It records what the client
+    sent: its CNXN version and the data_check of every packet with a payload."""
+
+    def __init__(self, version: int, *, corrupt: bool = False) -> None:
+        self.version = version
+        self.corrupt = corrupt
+        self.client_version: int | None = None
+        self.client_checks: list[tuple[int, int]] = []  # (data_check sent, byte sum of the payload)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(10)
+        self.port = self._server.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _read(self, conn: socket.socket) -> tuple[int, int, int, bytes]:
+        def exact(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = conn.recv(n - len(data))
+                if not chunk:
+                    raise ConnectionError("client closed")
+                data += chunk
+            return data
+
+        command, arg0, arg1, length, check, _magic = _HEADER.unpack(exact(_HEADER.size))
+        payload = exact(length) if length else b""
+        if payload:
+            self.client_checks.append((check, sum(payload) & 0xFFFFFFFF))
+        return command, arg0, arg1, payload
+
+    def _send(self, conn: socket.socket, command: int, arg0: int, arg1: int, payload: bytes = b"") -> None:
+        check = 0 if self.version >= 0x01000001 else (sum(payload) + self.corrupt) & 0xFFFFFFFF
+        conn.sendall(_HEADER.pack(command, arg0, arg1, len(payload), check, command ^ 0xFFFFFFFF) + payload)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._server.accept()
+            with conn:
+                conn.settimeout(10)
+                command, self.client_version, _, _ = self._read(conn)
+                self._send(conn, _CNXN, self.version, 4096, b"device::ro.product.name=minimal;\0")
+                command, client_id, _, destination = self._read(conn)
+                assert command == _OPEN
+                self._send(conn, _OKAY, 7, client_id)
+                marker = re.search(rb"__FB_RC_[0-9a-f]+=", destination)
+                assert marker is not None
+                self._send(conn, _WRTE, 7, client_id, b"hi\n" + marker.group(0) + b"0\n")
+                while self._read(conn)[0] != _OKAY:
+                    pass
+                self._send(conn, _CLSE, 7, client_id)
+                while self._read(conn)[0] != _CLSE:
+                    pass
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            self._server.close()
+
+
+@pytest.mark.parametrize("device_version", [0x01000000, 0x01000001])
+def test_checksums_follow_the_negotiated_protocol_version(device_version: int, adb_key: Path) -> None:
+    device = _MinimalDevice(device_version)
+    with AdbTransport(AdbTarget(host="127.0.0.1", port=device.port, key_path=adb_key, connect_timeout_s=5,
+                                read_timeout_s=5)) as phone:
+        assert phone.run(["echo", "hi"], timeout_s=5).stdout == "hi\n"
+    assert device.client_version == 0x01000001  # what adb announces
+    cnxn_check, *after_cnxn = device.client_checks
+    assert cnxn_check[0] == cnxn_check[1]  # before the version is agreed, CNXN carries its sum
+    assert after_cnxn, "the OPEN went out with a payload"
+    if device_version >= 0x01000001:
+        assert all(sent == 0 for sent, _ in after_cnxn)
+    else:
+        assert all(sent == expected != 0 for sent, expected in after_cnxn)
+
+
+def test_wrong_checksum_from_an_old_device_is_an_error(adb_key: Path) -> None:
+    device = _MinimalDevice(0x01000000, corrupt=True)
+    with pytest.raises(ConnectError):
+        AdbTransport(AdbTarget(host="127.0.0.1", port=device.port, key_path=adb_key, connect_timeout_s=5))
 
 
 # Connecting

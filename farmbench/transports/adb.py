@@ -14,8 +14,16 @@ Sharp edges of adb-shell 0.4.x handled here (see issue 4, "Transport (adb-shell 
   ``/data/local/tmp/farmbench/pids/<uuid>``; at the timeout a second shell kills that process, its process group
   and all its descendants, then :class:`CommandTimeoutError` is raised.
 * **One connection, several threads** times out inside adb-shell: every call holds this transport's lock.
-* **push** of a directory is broken in adb-shell: refused. Its progress callback gets chunk sizes; ``push()`` sums
-  them and reports ``(bytes_done, bytes_total)``. **stat** of a missing file returns zeros: use :meth:`exists`.
+* **Checksums.** adb-shell announces protocol version 0x01000000, so every packet carries the byte sum of its
+  payload, and a device checks it (the ADB emulator sums in Python: that was most of a push's time).
+  :class:`_AdbIOManager01` announces 0x01000001 as adb does; when the device answers 0x01000001 too, packets go out
+  with ``data_check`` 0 and received sums are not checked, like adb. An older device still gets and sends sums.
+* **push** is farmbench's own sync SEND (:class:`_SyncSendStream`), not adb-shell's. adb-shell packs DATA chunks of
+  ``maxdata // 2`` bytes (at most 64 KiB) into WRTEs only while they stay below ``maxdata`` (3/4 full at 256 KiB,
+  half full at 4 KiB), copies each byte three times on the way, and writes TCP packets with one ``send()`` on a
+  non-blocking socket, dropping whatever a short write left over. Ours fills every WRTE to the device's ``maxdata``
+  straight from the file (``readinto``), DATA chunks at most 64 KiB, one WRTE in flight as the protocol wants.
+  Directories (broken in adb-shell) are refused. **stat** of a missing file returns zeros: use :meth:`exists`.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import logging
 import os
 import re
 import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -36,8 +45,9 @@ from typing import Any
 
 import numpy as np
 from adb_shell import adb_message
+from adb_shell import constants as adb_constants
 from adb_shell import exceptions as adb_exceptions
-from adb_shell.adb_device import AdbDevice
+from adb_shell.adb_device import AdbDevice, _AdbIOManager
 from adb_shell.auth.keygen import keygen, write_public_keyfile
 from adb_shell.auth.sign_pythonrsa import PythonRSASigner
 from adb_shell.transport.tcp_transport import TcpTransport
@@ -56,18 +66,15 @@ from farmbench.transports.quoting import join, quote
 _log = logging.getLogger(__name__)
 
 
-def _fast_checksum(data: bytes | bytearray | str) -> int:
+def _fast_checksum(data: bytes | bytearray | memoryview | str) -> int:
     """ADB's packet checksum (the sum of the payload's bytes, mod 2**32), summed by numpy.
 
-    adb-shell sums with Python's ``sum()`` over every byte it sends: on a 20 MB push that loop was most of the
-    time (45 MB/s against 324 MB/s for Debian's adb to the same device). Same value, about 100x faster."""
+    Still needed for CNXN/AUTH and for devices older than protocol 0x01000001. adb-shell sums with Python's
+    ``sum()``: on a 20 MB push to such a device that loop was most of the time. Same value, about 100x faster."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     return int(np.frombuffer(data, dtype=np.uint8).sum(dtype=np.uint64)) & 0xFFFFFFFF
 
-
-# adb-shell looks the function up in its module at call time, so this replaces it for every AdbMessage.
-adb_message.checksum = _fast_checksum
 
 DEFAULT_PORT = 5555
 DEFAULT_KEY_PATH = Path("~/.android/adbkey")
@@ -186,27 +193,184 @@ class _NoDelayTcpTransport(TcpTransport):  # type: ignore[misc]  # adb-shell is 
             self._connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _DeadlineReader(io.BytesIO):
-    """A local file as adb-shell's push wants a stream (BytesIO: adb-shell then does not reopen it), reading it
-    chunk by chunk and failing once the deadline passed. adb-shell swallows exceptions from progress callbacks
-    but not from read(), so this is how a push is stopped at its timeout."""
+# ADB protocol versions (AOSP adb.h). The version in use is the lower of the two announced in CNXN; from 0x01000001 on,
+# a packet's data_check is 0 instead of the byte sum of its payload.
+_A_VERSION_SKIP_CHECKSUM = 0x01000001
+_PACKET_HEADER = struct.Struct("<6I")  # command, arg0, arg1, data_length, data_check, magic
+_CNXN_WIRE = adb_constants.ID_TO_WIRE[adb_constants.CNXN]
+# A payload up to this size goes out in one write with its header; larger ones are not copied to join them.
+_JOIN_MAX_BYTES = 4096
 
-    def __init__(self, handle: io.BufferedReader, deadline: Deadline, progress: Callable[[int], None]) -> None:
-        super().__init__()
-        self._handle = handle
+
+class _AdbIOManager01(_AdbIOManager):  # type: ignore[misc]  # adb-shell is untyped
+    """adb-shell's packet layer speaking ADB protocol version 0x01000001, as adb does, and writing packets whole.
+
+    * CNXN announces 0x01000001. Once the device's CNXN announces it too, packets go out with data_check 0 and
+      received sums are not checked (adb checks none). Before that (CNXN, AUTH), and with a device that answers
+      0x01000000, sums are sent and nonzero received sums checked; 0 is accepted, because a device takes our version
+      from our CNXN and may already send 0 in its AUTH and CNXN.
+    * adb-shell's TCP ``bulk_write`` is one ``send()`` on a non-blocking socket and ignores a short write, so a large
+      WRTE meeting a full socket buffer would lose its tail. Here the rest is written too.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        super().__init__(transport)
+        self.skip_checksum = False
+
+    def connect(self, banner: Any, rsa_keys: Any, auth_timeout_s: Any, auth_callback: Any, adb_info: Any) -> Any:
+        self.skip_checksum = False
+        return super().connect(banner, rsa_keys, auth_timeout_s, auth_callback, adb_info)
+
+    def _send(self, msg: Any, adb_info: Any) -> None:
+        data = msg.data
+        arg0 = _A_VERSION_SKIP_CHECKSUM if msg.command == _CNXN_WIRE else msg.arg0
+        check = 0 if self.skip_checksum else _fast_checksum(data)
+        header = _PACKET_HEADER.pack(msg.command, arg0, msg.arg1, len(data), check, msg.magic)
+        if len(data) <= _JOIN_MAX_BYTES:
+            self._write_all(header + bytes(data), adb_info.transport_timeout_s)
+        else:
+            self._write_all(header, adb_info.transport_timeout_s)
+            self._write_all(data, adb_info.transport_timeout_s)
+
+    def _write_all(self, data: bytes | bytearray | memoryview, timeout_s: float | None) -> None:
+        if not isinstance(self._transport, TcpTransport):
+            self._transport.bulk_write(bytes(data), timeout_s)  # USB: one bulk transfer, as adb-shell writes it
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self._transport.bulk_write(view, timeout_s):]
+            except BlockingIOError:  # select() said writable, the buffer filled up again: wait once more
+                continue
+
+    def _read_packet_from_device(self, adb_info: Any) -> tuple[bytes, int, int, bytes]:
+        header = self._read_bytes_from_device(_PACKET_HEADER.size, adb_info)
+        wire, arg0, arg1, length_bytes, check, _magic = _PACKET_HEADER.unpack(header)
+        command = adb_constants.WIRE_TO_ID.get(wire)
+        if command is None:
+            raise adb_exceptions.InvalidCommandError(
+                f"Unknown command: {wire:#010x} (arg0 = {arg0}, arg1 = {arg1}, msg = {header!r})")
+        if command == adb_constants.CNXN:
+            self.skip_checksum = arg0 >= _A_VERSION_SKIP_CHECKSUM
+        data = bytes(self._read_bytes_from_device(length_bytes, adb_info)) if length_bytes else b""
+        if check and not self.skip_checksum and _fast_checksum(data) != check:
+            raise adb_exceptions.InvalidChecksumError(f"Received checksum {_fast_checksum(data)} != {check}")
+        return command, arg0, arg1, data
+
+
+# The largest sync DATA chunk a device accepts (SYNC_DATA_MAX in AOSP's file_sync_protocol.h).
+SYNC_DATA_MAX_BYTES = 64 * 1024
+_SYNC_HEADER = struct.Struct("<4sI")  # id, then a length (DONE: the mtime)
+# What adb-shell's push sent as the file mode: a regular file, rwx for user and group (benchmark_model must run).
+_PUSH_MODE = adb_constants.DEFAULT_PUSH_MODE
+
+
+class _SyncSendStream:
+    """The device-bound half of one ``sync:`` SEND, the way adb sends it: the sync byte stream (SEND, DATA..., DONE)
+    cut into WRTE packets of up to the device's ``maxdata``, each filled straight from the file (``readinto``, no
+    intermediate copies), one WRTE in flight: the next goes once the device OKAYed the last. DATA chunks are at most
+    :data:`SYNC_DATA_MAX_BYTES` and never straddle two WRTEs (a device must accept that, but need not be tested on it).
+
+    ``acked(file_bytes)`` is called after each OKAY with the file bytes that WRTE carried. Once the deadline passed,
+    the next WRTE raises :class:`_DeadlinePassed` instead of going out.
+    """
+
+    def __init__(self, adb: AdbDevice, stream_info: Any, payload_max_bytes: int, deadline: Deadline,
+                 acked: Callable[[int], None]) -> None:
+        self._adb = adb
+        self._info = stream_info
+        self._buffer = bytearray(payload_max_bytes)
+        self._view = memoryview(self._buffer)
+        self._used_bytes = 0
+        self._file_bytes = 0  # file bytes in the buffer, not yet acknowledged
         self._deadline = deadline
-        self._progress = progress
+        self._acked = acked
+        self._reply = bytearray()  # what the device sent back on the sync stream (OKAY or FAIL at the end)
 
-    def read(self, size: int | None = -1) -> bytes:
+    def put(self, data: bytes) -> None:
+        """Append a small piece (a request header, the path); it may straddle two WRTEs."""
+        while data:
+            take_bytes = min(len(data), len(self._buffer) - self._used_bytes)
+            self._buffer[self._used_bytes:self._used_bytes + take_bytes] = data[:take_bytes]
+            self._used_bytes += take_bytes
+            data = data[take_bytes:]
+            if self._used_bytes == len(self._buffer):
+                self.flush()
+
+    def put_file(self, handle: io.FileIO) -> None:
+        """Append ``handle``'s bytes up to its end as DATA chunks."""
+        header_bytes = _SYNC_HEADER.size
+        while True:
+            room_bytes = len(self._buffer) - self._used_bytes - header_bytes
+            if room_bytes <= 0:
+                self.flush()
+                continue
+            start = self._used_bytes + header_bytes
+            read_bytes = handle.readinto(self._view[start:start + min(room_bytes, SYNC_DATA_MAX_BYTES)])
+            if not read_bytes:
+                return
+            _SYNC_HEADER.pack_into(self._buffer, self._used_bytes, b"DATA", read_bytes)
+            self._used_bytes = start + read_bytes
+            self._file_bytes += read_bytes
+
+    def finish(self, mtime_s: int) -> None:
+        """Send DONE and wait for the device's verdict: raises PushFailedError with the device's message on FAIL."""
+        self.put(_SYNC_HEADER.pack(b"DONE", mtime_s))
+        self.flush()
+        self._read_reply(_SYNC_HEADER.size)
+        reply_id, length_bytes = _SYNC_HEADER.unpack_from(self._reply)
+        if reply_id == b"OKAY":
+            return
+        if reply_id == b"FAIL":
+            self._read_reply(_SYNC_HEADER.size + length_bytes)
+            self._raise_if_failed()
+        raise adb_exceptions.InvalidResponseError(f"unexpected sync reply {bytes(self._reply[:8])!r} to DONE")
+
+    def flush(self) -> None:
+        """Send what the buffer holds as one WRTE and wait for the device's OKAY."""
+        if not self._used_bytes:
+            return
         if self._deadline.remaining_s() <= 0:
             raise _DeadlinePassed()
-        data = self._handle.read(size)
-        self._progress(len(data))
-        return data
+        info = self._info
+        message = adb_message.AdbMessage(adb_constants.WRTE, info.local_id, info.remote_id,
+                                         self._view[:self._used_bytes])
+        self._adb._io_manager.send(message, info)
+        while True:
+            command, data = self._adb._read_until([adb_constants.OKAY, adb_constants.WRTE, adb_constants.CLSE], info)
+            if command == adb_constants.OKAY:
+                break
+            self._take(command, data)  # the device answered before the end: a FAIL, then it closes
+        self._used_bytes = 0
+        file_bytes, self._file_bytes = self._file_bytes, 0
+        self._acked(file_bytes)
+
+    def _read_reply(self, size_bytes: int) -> None:
+        while len(self._reply) < size_bytes:
+            command, data = self._adb._read_until([adb_constants.WRTE, adb_constants.CLSE], self._info)
+            self._take(command, data)
+
+    def _take(self, command: bytes, data: bytes) -> None:
+        """A WRTE (already OKAYed by adb-shell) or CLSE that arrived on the sync stream."""
+        if command == adb_constants.WRTE:
+            self._reply += data
+            self._raise_if_failed()
+            return
+        self._raise_if_failed()
+        raise adb_exceptions.PushFailedError("the device closed the sync stream before confirming the file")
+
+    def _raise_if_failed(self) -> None:
+        if len(self._reply) < _SYNC_HEADER.size:
+            return
+        reply_id, length_bytes = _SYNC_HEADER.unpack_from(self._reply)
+        if reply_id == b"FAIL" and len(self._reply) >= _SYNC_HEADER.size + length_bytes:
+            reason = bytes(self._reply[_SYNC_HEADER.size:_SYNC_HEADER.size + length_bytes])
+            raise adb_exceptions.PushFailedError(f"the device refused the file: {reason.decode('utf-8', 'replace')}")
 
 
 class _DeadlineWriter(io.BytesIO):
-    """The pull side of :class:`_DeadlineReader`."""
+    """A local file as adb-shell's pull wants a stream (BytesIO: adb-shell then does not reopen it), failing once the
+    deadline passed (adb-shell swallows exceptions from progress callbacks, not from write())."""
 
     def __init__(self, handle: io.BufferedWriter, deadline: Deadline) -> None:
         super().__init__()
@@ -242,6 +406,11 @@ class AdbTransport(Transport):
     # Connecting
 
     def _make_device(self) -> AdbDevice:
+        device = self._make_adb_shell_device()
+        device._io_manager = _AdbIOManager01(device._io_manager._transport)
+        return device
+
+    def _make_adb_shell_device(self) -> AdbDevice:
         if self.target.serial is None:
             assert self.target.host is not None
             return AdbDevice(_NoDelayTcpTransport(self.target.host, self.target.port, nodelay=self.target.tcp_nodelay))
@@ -374,8 +543,9 @@ class AdbTransport(Transport):
 
     def push(self, local: Path, remote: str, *, timeout_s: float,
              progress: Callable[[int, int], None] | None = None) -> None:
-        """Copy one file (not a directory: adb-shell's directory push is broken) to ``remote`` via a temporary
-        name. ``progress(bytes_done, bytes_total)`` is called after each chunk."""
+        """Copy one file (not a directory) to ``remote`` via a temporary name, renamed into place once the device
+        confirmed the whole file. ``progress(bytes_done, bytes_total)`` is called each time the device acknowledged
+        a packet (up to its ``maxdata``: 4 KiB on old phones, 256 KiB or 1 MiB on recent ones)."""
         local = Path(local)
         if local.is_dir():
             raise TransportError(f"{self.device}: cannot push directory {local}: only single files are supported "
@@ -396,10 +566,8 @@ class AdbTransport(Transport):
         with self._lock:
             self._check_open()
             try:
-                with local.open("rb") as handle:
-                    self._adb.push(_DeadlineReader(handle, deadline, count), temporary,
-                                   transport_timeout_s=self._io_timeout_s(deadline),
-                                   read_timeout_s=self._io_timeout_s(deadline))
+                with local.open("rb", buffering=0) as handle:
+                    self._send_file(handle, temporary, deadline, count)
             except Exception as err:  # noqa: BLE001  (re-raised by _transfer_failed)
                 self._transfer_failed(err, f"pushing {local} to {remote}", deadline, temporary)
         left_s = deadline.remaining_s()
@@ -407,6 +575,20 @@ class AdbTransport(Transport):
             self._discard(temporary)
             raise TransferTimeoutError(f"{self.device}: pushing {local} to {remote} took longer than {timeout_s:g} s")
         self.run(["mv", "-f", "--", temporary, remote], timeout_s=max(left_s, 5.0)).check()
+
+    def _send_file(self, handle: io.FileIO, remote: str, deadline: Deadline, acked: Callable[[int], None]) -> None:
+        """One sync SEND of ``handle`` to ``remote`` on a new sync stream (caller holds the lock)."""
+        adb = self._adb
+        io_timeout_s = self._io_timeout_s(deadline)
+        stream_info = adb._open(b"sync:", io_timeout_s, io_timeout_s, None)
+        # The device's CNXN maxdata bounds every WRTE we send; ours (1 MiB, adb-shell's CNXN) bounds it too.
+        payload_max_bytes = min(int(adb._maxdata or adb_constants.MAX_LEGACY_ADB_DATA), adb_constants.MAX_ADB_DATA)
+        stream = _SyncSendStream(adb, stream_info, payload_max_bytes, deadline, acked)
+        spec = f"{remote},{_PUSH_MODE}".encode()
+        stream.put(_SYNC_HEADER.pack(b"SEND", len(spec)) + spec)
+        stream.put_file(handle)
+        stream.finish(mtime_s=int(time.time()))
+        adb._clse(stream_info)
 
     def pull(self, remote: str, local: Path, *, timeout_s: float) -> None:
         local = Path(local)
