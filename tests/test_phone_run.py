@@ -138,3 +138,57 @@ def test_devices_probe_describes_the_phone(adb_emulator: Any, binary: Path, tmp_
     assert proc.returncode == 0, describe(proc)
     for needle in ("reachable", "android", "arm64-v8a", "MHz", "battery", "benchmark_model"):
         assert needle in proc.stdout, describe(proc)
+
+
+def test_partial_delegation_is_recorded_and_flagged(adb_emulator: Any, cache: Path, binary: Path,
+                                                    tmp_path: Path) -> None:
+    # The dynamic-range int8 model keeps hybrid ops XNNPACK does not take: benchmark_model says "partially
+    # executed by the delegate w/ N delegate kernels"; the record keeps N and carries the trust flag.
+    emulator = adb_emulator(auth="accept-new")
+    device = phone_file(tmp_path, emulator.port, binary=binary, key=tmp_path / "keys" / "adbkey")
+    db = tmp_path / "results.db"
+    proc, _ = farmbench("run", *GRID_FLAGS, "--quant", "fp32,dynamic-int8", "--format", "tflite", "--device", device,
+                        "--xnnpack", "on", "--repeats", "1", *QUICK, "--db", db, cache_dir=cache)
+    assert proc.returncode == 0, describe(proc)
+    by_quant = {r.artifact_key: r for r in records(db)}
+    assert len(by_quant) == 2
+    partial = [r for r in by_quant.values() if "xnnpack_partially_applied" in r.flags]
+    full = [r for r in by_quant.values() if "xnnpack_partially_applied" not in r.flags]
+    assert len(partial) == 1 and len(full) == 1, [(r.artifact_key, r.flags) for r in by_quant.values()]
+    delegate = partial[0].context["benchmark_model"]["delegate"]
+    assert delegate["name"] == "XNNPACK" and delegate["coverage"] == "partial" and delegate["kernels"] > 1
+    assert full[0].context["benchmark_model"]["delegate"]["coverage"] == "full"
+    assert partial[0].status == "ok" and partial[0].latency is not None  # flagged, not hidden
+
+
+def test_benchmark_silent_longer_than_the_default_read_timeout_works(
+        adb_emulator: Any, cache: Path, binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # adb-shell's read timeout is an inactivity limit (default 10 s in the device file). A benchmark that prints
+    # nothing for longer (here: 12 s before loading the model) must still complete when timeout_s allows it.
+    monkeypatch.setenv("FARMBENCH_STANDIN_SLEEP_S", "12")
+    emulator = adb_emulator(auth="accept-new")
+    device = phone_file(tmp_path, emulator.port, binary=binary, key=tmp_path / "keys" / "adbkey")
+    db = tmp_path / "results.db"
+    proc, seconds = farmbench("run", *GRID_FLAGS, "--quant", "fp32", "--format", "tflite", "--device", device,
+                              "--repeats", "1", *QUICK, "--timeout-s", "60", "--db", db, cache_dir=cache)
+    assert proc.returncode == 0, describe(proc)
+    (record,) = records(db)
+    assert record.status == "ok" and record.latency is not None
+    assert seconds > 12
+
+
+def test_benchmark_past_timeout_s_is_killed_and_recorded(
+        adb_emulator: Any, cache: Path, binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARMBENCH_STANDIN_SLEEP_S", "30")
+    emulator = adb_emulator(auth="accept-new")
+    device = phone_file(tmp_path, emulator.port, binary=binary, key=tmp_path / "keys" / "adbkey")
+    db = tmp_path / "results.db"
+    proc, seconds = farmbench("run", *GRID_FLAGS, "--quant", "fp32", "--format", "tflite", "--device", device,
+                              "--repeats", "1", *QUICK, "--timeout-s", "4", "--db", db, cache_dir=cache)
+    assert proc.returncode == 1, describe(proc)
+    (record,) = records(db)
+    assert record.status == "failed" and "did not finish within 4 s" in (record.error_message or "")
+    assert seconds < 25
+    # Nothing of the benchmark is left running on the "phone".
+    leftover = subprocess.run(["pgrep", "-af", "benchmark_model"], capture_output=True, text=True, check=False)
+    assert not [line for line in leftover.stdout.splitlines() if str(emulator.sandbox) in line], leftover.stdout
