@@ -903,3 +903,37 @@ def adb_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     yield make
     for emulator in started:
         emulator.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Standalone: try farmbench's Android path without a phone
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tests.peers.adb_emulator --port 5555 --sandbox DIR``: serve an emulated phone until Ctrl-C.
+
+    Prints the port and the host path of the benchmark_model stand-in to put in a device file (the stand-in runs
+    models with this Python's ai_edge_litert)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: any free one)")
+    parser.add_argument("--sandbox", type=Path, required=True, help="directory laid out like the phone's filesystem")
+    parser.add_argument("--auth", choices=AUTH_MODES, default="accept-new",
+                        help="accept-new: accept any key and remember it (like tapping Allow)")
+    ns = parser.parse_args(argv)
+    emulator = AdbEmulator(ns.sandbox, port=ns.port, auth=ns.auth)
+    tools = Path(ns.sandbox).resolve().parent / (Path(ns.sandbox).name + "-tools")
+    standin = install_benchmark_model(tools, "benchmark_model")
+    with emulator:
+        print(f"emulated phone on 127.0.0.1:{emulator.port} (sandbox {emulator.sandbox})", flush=True)
+        print(f"benchmark_model stand-in for the device file: {standin}", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
