@@ -3,9 +3,14 @@
 Both talk to the same ADB device emulator on loopback (tests/peers/adb_emulator.py, real wire protocol):
 
 * push   -- a 20 MB random file: `AdbTransport.push` (connection open) vs `adb push` (through its own isolated adb
-            server, already connected), alternating A/B; throughput ratio farmbench / adb (goal >= 0.5)
+            server, already connected), alternating A/B; throughput ratio farmbench / adb (goal >= 0.5).
+            Both clients negotiate ADB protocol 0x01000001 with the emulator, so neither sends payload checksums
+            (farmbench did until it announced that version: the emulator then summed every byte in Python, ratio
+            ~0.25). farmbench's time also covers its rename into place (a `mv` over shell, which the emulator runs
+            as a /bin/sh process: ~20 ms here) that `adb push` does not do, and its client shares this process's
+            GIL with the emulator's threads while `adb` runs in processes of its own.
 * command -- per-command latency of `run(["true"])` with TCP_NODELAY (farmbench's setting) and without it
-            (adb-shell's default: header and payload go out as separate segments and wait on delayed ACKs)
+            (adb-shell's default: small packets written behind unacknowledged ones wait on delayed ACKs)
 
 Usage:  python benchmarks/adb_transfer.py [--size-mb 20] [--rounds 5] [--commands 20]
 """
@@ -26,8 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from farmbench.transports.adb import AdbTarget, AdbTransport  # noqa: E402
-from tests.peers.adb_emulator import running_adb_emulator  # noqa: E402
+from farmbench.transports.adb import AdbTarget, AdbTransport
+from tests.peers.adb_emulator import running_adb_emulator
 
 
 def free_port() -> int:
@@ -94,7 +99,7 @@ def main() -> None:
                     latency_ms[nodelay] = (time.perf_counter() - started) / ns.commands * 1000
                     probe.close()
             finally:
-                subprocess.run([adb, "kill-server"], env=env, capture_output=True, timeout=30)
+                subprocess.run([adb, "kill-server"], check=False, env=env, capture_output=True, timeout=30)
     size_mb = ns.size_mb * 2**20 / 1e6
     fb, ad = statistics.median(push_s), statistics.median(adb_s)
     print(f"push {ns.size_mb} MiB, median of {ns.rounds} alternating rounds (byte-identical on the device):")

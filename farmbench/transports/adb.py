@@ -2,8 +2,9 @@
 
 Sharp edges of adb-shell 0.4.x handled here (see issue 4, "Transport (adb-shell 0.4.x)"):
 
-* **TCP_NODELAY.** adb-shell writes each packet's header and payload with separate ``send()`` calls; with Nagle on,
-  every request waits for the delayed ACK (~40 ms). The socket gets TCP_NODELAY right after it connects.
+* **TCP_NODELAY.** A command is a few small packets each way (OPEN, OKAY, WRTE, CLSE; adb-shell also wrote each
+  header and payload with separate ``send()`` calls); with Nagle on, a small write behind an unacknowledged one
+  waits for the peer's delayed ACK (~40 ms). The socket gets TCP_NODELAY right after it connects.
 * **No exit codes.** adb-shell speaks shell protocol v1: one byte stream, **stderr merged into stdout**, no exit
   status. ``run()`` appends ``echo "__FB_RC_<nonce>=$?"`` and parses (and strips) it; :attr:`Completed.stderr` is
   always ``""`` on this transport.
