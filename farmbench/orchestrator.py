@@ -29,7 +29,7 @@ from farmbench.errors import FarmbenchError
 from farmbench.results.schema import MeasurementRecord
 from farmbench.results.store import ResultStore, utc_now
 from farmbench.runners.board import BoardSession, RunSpec, device_context, open_transport, record_from_document
-from farmbench.runners.phone import PhoneSession, record_from_output
+from farmbench.runners.phone import PhoneSession, record_from_ort_perf_test, record_from_output
 from farmbench.variants.build import BuildResult
 
 TFLITE_RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
@@ -206,11 +206,28 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
 
 def _measure_phone(session: PhoneSession, item: PlanItem, base: MeasurementRecord, artifact: BuildResult,
                    run: RunConfig) -> MeasurementRecord:
-    """One benchmark_model session on a phone. ONNX files and non-LiteRT runtimes are skipped with the reason."""
+    """One session on a phone: benchmark_model for TFLite, onnxruntime_perf_test for ONNX when the device file
+    names one. Anything else is skipped with the reason."""
+    if item.format == "onnx":
+        if not session.ort_perf_test_path:
+            return replace(base, status="skipped", error_class="missing_runtime",
+                           error_message=f"{session.device.name}: ONNX files on a phone run with ONNX Runtime's"
+                                         " onnxruntime_perf_test, and this device has none: set"
+                                         ' onnxruntime_perf_test = "/path/to/onnxruntime_perf_test" in'
+                                         f" {session.device.source}")
+        assert artifact.entry is not None
+        spec = replace(item.spec, runtime="onnxruntime_perf_test")
+        try:
+            remote = session.ensure_model(artifact.entry.model_path, str(artifact.entry.manifest["sha256"]))
+            ort_run = session.bench_onnx(remote, spec, timeout_s=run.timeout_s)
+            return record_from_ort_perf_test(ort_run, replace(base, config=spec.to_json()), artifact.entry.manifest,
+                                             session)
+        except FarmbenchError as exc:
+            return replace(base, config=spec.to_json()).with_error(exc)
     if item.format != "tflite":
         return replace(base, status="skipped", error_class="unsupported_on_device",
-                       error_message=f"{session.device.name}: ONNX on phones needs onnxruntime_perf_test, which"
-                                     " farmbench does not drive yet")
+                       error_message=f"{session.device.name}: phones run .tflite (benchmark_model) and .onnx"
+                                     f" (onnxruntime_perf_test) files, not .{item.format}")
     if item.spec.runtime not in ("auto", "litert"):
         return replace(base, status="skipped", error_class="missing_runtime",
                        error_message=f"{session.device.name}: phones run TFLite with benchmark_model (LiteRT),"

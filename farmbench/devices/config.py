@@ -40,6 +40,9 @@ DEVICE_FIELDS: tuple[Field, ...] = (
     Field("serial", "str", doc="adb: USB serial (see `adb devices`); use host/port for ADB over TCP"),
     Field("benchmark_model", "path",
           doc="adb: LiteRT's prebuilt benchmark_model binary for the phone's ABI, on this machine (pushed once)"),
+    Field("onnxruntime_perf_test", "path",
+          doc="adb: ONNX Runtime's onnxruntime_perf_test binary for the phone's ABI, on this machine (pushed once);"
+              " without it ONNX files are skipped on the phone"),
     Field("device_dir", "str", default="/data/local/tmp/farmbench", doc="adb: where models go on the phone"),
     Field("auth_timeout_s", "float", default=30.0, min_exclusive=0,
           doc="adb: how long to wait for the phone to accept farmbench's key (someone taps Allow on the phone)"),
@@ -88,7 +91,7 @@ def load_device_file(path: str | Path) -> DeviceConfig:
     if kind == "ssh" and not values.get("host"):
         raise ConfigError("an ssh device needs a host", path=str(doc.path), line=doc.line_of(("kind",)), key="host",
                           hint='add host = "board.local" (or a Host alias from ~/.ssh/config)')
-    for key in ("key_file", "known_hosts", "ssh_config", "benchmark_model"):
+    for key in ("key_file", "known_hosts", "ssh_config", "benchmark_model", "onnxruntime_perf_test"):
         if values.get(key) is not None:
             values[key] = str(values[key])
     name = str(values.get("name") or doc.path.stem)

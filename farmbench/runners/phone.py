@@ -1,13 +1,19 @@
-"""The Android side: prepare a phone (probe it, push the user's ``benchmark_model`` binary), run one measurement.
+"""The Android side: prepare a phone (probe it, push the user's ``benchmark_model`` and ``onnxruntime_perf_test``
+binaries), run one measurement.
 
-Timing happens on the phone inside LiteRT's ``benchmark_model``; it prints aggregates only (count, mean, std, min,
-max, and p5/median/p95 on LiteRT builds), so each repeat is one session and the distribution across sessions is what
-statistics and checks use. The record carries ``latency`` from :func:`summarize_aggregates` and no raw samples.
+TFLite: timing happens on the phone inside LiteRT's ``benchmark_model``; it prints aggregates only (count, mean, std,
+min, max, and p5/median/p95 on LiteRT builds), so each repeat is one session and the distribution across sessions is
+what statistics and checks use. The record carries ``latency`` from :func:`summarize_aggregates` and no raw samples.
+
+ONNX: timing happens inside ONNX Runtime's ``onnxruntime_perf_test``, whose result file holds every timed run's
+latency: those are the record's raw samples (see :mod:`farmbench.runners.ort_perf_test`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import tempfile
 from dataclasses import replace
@@ -17,10 +23,18 @@ from typing import Any
 import numpy as np
 
 from farmbench.devices.config import DeviceConfig
-from farmbench.errors import CommandTimeoutError, RunnerError, UsageError
+from farmbench.errors import CommandTimeoutError, FarmbenchError, RunnerError, UsageError
 from farmbench.results.schema import MeasurementRecord
 from farmbench.runners.benchmark_model import BenchmarkModelConfig, benchmark_model_argv, cpu_mask, parse_output
 from farmbench.runners.board import RunSpec
+from farmbench.runners.ort_perf_test import (
+    OrtPerfTestConfig,
+    OrtPerfTestRun,
+    opt_level_flag,
+    ort_perf_test_argv,
+    parse_run,
+    provider_flag,
+)
 from farmbench.runners.tensor_io import input_bytes, split_outputs
 from farmbench.transports.base import Deadline, Transport
 from farmbench.variants.inspect import ModelFacts
@@ -40,6 +54,9 @@ class PhoneSession:
         self.transport = transport
         self.device_dir = str(device.get("device_dir") or DEFAULT_DEVICE_DIR)
         self.binary_path = ""
+        self.ort_perf_test_path = ""
+        self.ort_perf_test_sha256: str | None = None
+        self._ort_runs = 0
         self.probe: dict[str, Any] = {}
         self._pushed: dict[str, str] = {}
 
@@ -62,6 +79,19 @@ class PhoneSession:
             self.binary_path, _ = self.transport.push_cached(local, sha, self.device_dir, "benchmark_model",
                                                              timeout_s=SETUP_TIMEOUT_S)
             self.transport.run(["chmod", "755", self.binary_path], timeout_s=30.0).check()
+        ort_binary = self.device.get("onnxruntime_perf_test")
+        if ort_binary:
+            local = Path(str(ort_binary)).expanduser()
+            if not local.is_file():
+                raise UsageError(f"device {self.device.name}: onnxruntime_perf_test binary {local} does not exist",
+                                 hint="build it for the phone's ABI"
+                                      f" ({props.get('ro.product.cpu.abi') or 'see getprop ro.product.cpu.abi'}):"
+                                      " ONNX Runtime's build.sh --android (see the README's Android section)")
+            self.ort_perf_test_sha256 = hashlib.sha256(local.read_bytes()).hexdigest()
+            self.ort_perf_test_path, _ = self.transport.push_cached(
+                local, self.ort_perf_test_sha256, self.device_dir, "onnxruntime_perf_test", timeout_s=SETUP_TIMEOUT_S)
+            self.transport.run(["chmod", "755", self.ort_perf_test_path], timeout_s=30.0).check()
+            self.transport.mkdir_p(f"{self.device_dir}/ort_results", timeout_s=SETUP_TIMEOUT_S)
         return self.probe
 
     def identity(self) -> str:
@@ -157,6 +187,38 @@ class PhoneSession:
                     per_output[k].append(array)
         return [np.concatenate(arrays, axis=0) for arrays in per_output]
 
+    def bench_onnx(self, remote_model: str, spec: RunSpec, *, timeout_s: float) -> OrtPerfTestRun:
+        """One onnxruntime_perf_test session: ``spec.runs`` timed runs (``-m times -r``) after the tool's single
+        warm-up, ``-x threads``, ``-e``/``-o`` from the spec's ONNX Runtime provider and optimisation level, generated
+        inputs (``-I``), statistics (``-s``), pinned with the same ``taskset`` mask as benchmark_model. The per-run
+        result file is read back and deleted. The tool cannot honour warm-up counts, min_s or max_s (see
+        :func:`ort_protocol`); ``timeout_s`` bounds the whole session."""
+        if not self.ort_perf_test_path:
+            raise RunnerError(f"device {self.device.name}: no onnxruntime_perf_test binary configured",
+                              hint='set onnxruntime_perf_test = "/path/to/onnxruntime_perf_test" in the device file')
+        self._ort_runs += 1
+        # The tool appends to its result file: a fresh name per session, deleted before and after.
+        result_file = f"{self.device_dir}/ort_results/{os.getpid()}-{self._ort_runs}.csv"
+        config = OrtPerfTestConfig(
+            model=remote_model, result_file=result_file, repeated_times=spec.runs, intra_op_threads=spec.threads,
+            execution_provider=provider_flag(spec.ort_provider), optimization_level=opt_level_flag(spec.ort_opt_level),
+            generate_inputs=True, show_statistics=True,
+        )
+        mask = None
+        if spec.affinity:
+            clusters = [(c["cpus"], c["max_freq_khz"]) for c in self.probe.get("cpu_clusters", [])]
+            mask = cpu_mask(spec.affinity, clusters)
+        argv = ort_perf_test_argv(self.ort_perf_test_path, config, taskset_mask=mask)
+        try:
+            self.transport.remove([result_file], timeout_s=30.0)
+            completed = self.transport.run(argv, timeout_s=timeout_s)
+            read = self.transport.run(["cat", result_file], timeout_s=30.0)
+        finally:
+            with contextlib.suppress(FarmbenchError):
+                self.transport.remove([result_file], timeout_s=30.0)
+        return OrtPerfTestRun(output=completed.stdout + completed.stderr, exit_code=completed.rc,
+                              result_file=read.stdout if read.rc == 0 else None, argv=tuple(argv))
+
     def close(self) -> None:
         self.transport.close()
 
@@ -219,3 +281,41 @@ def _tail(text: str, limit: int = 200) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     flat = " | ".join(lines[-3:])
     return flat[-limit:] if flat else "no output"
+
+
+def ort_protocol(config: dict[str, Any]) -> dict[str, Any]:
+    """What an onnxruntime_perf_test session did of the run config (a RunSpec's JSON): it does exactly one untimed
+    warm-up run and then ``runs`` timed runs; it has no "at least N runs and at least S seconds" (its duration mode
+    counts whole seconds of summed run time, and would drop the run count), so min_s and max_s are not applied and
+    the session is bounded by timeout_s instead."""
+    not_applied = {key: config.get(key) for key in ("warmup_runs", "warmup_min_s", "min_s", "max_s")
+                   if config.get(key) not in (None, 0, 0.0) and not (key == "warmup_runs" and config.get(key) == 1)}
+    return {"warmup_runs": 1, "timed_runs": config.get("runs"), "not_applied": not_applied}
+
+
+def record_from_ort_perf_test(run: OrtPerfTestRun, base: MeasurementRecord, manifest: dict[str, Any],
+                              session: PhoneSession) -> MeasurementRecord:
+    """onnxruntime_perf_test's output and result file -> a record: per-run samples (raw) when the result file had
+    them, else the printed aggregates; classified failures."""
+    result = parse_run(run)
+    context = {**session.context(), "converter_versions": manifest.get("versions"),
+               "onnxruntime_perf_test": result.to_json(), "binary_sha256": session.ort_perf_test_sha256,
+               "command": list(run.argv), "protocol": ort_protocol(base.config)}
+    record = replace(base, runtime="onnxruntime_perf_test", context=context)
+    issue = result.error
+    if issue is not None:
+        message = issue.message + (f"\n  hint: {issue.hint}" if issue.hint else "")
+        return replace(record, status="failed", error_class=issue.kind, error_message=message, transient=False)
+    flags: list[str] = []
+    if result.result_file_error or not result.samples_us:
+        flags.append("no_raw_samples")
+    threads = base.config.get("threads")
+    if result.intra_op_threads is not None and threads is not None and result.intra_op_threads != threads:
+        flags.append("threads_not_applied")
+    return replace(
+        record, status="ok", samples_us=list(result.samples_us) or None,
+        latency=result.to_latency_stats(), flags=flags,
+        init_ms=None if result.session_creation_us is None else result.session_creation_us / 1000.0,
+        first_inference_ms=None if result.first_inference_us is None else result.first_inference_us / 1000.0,
+        peak_rss_mb=None if result.peak_working_set_bytes is None else result.peak_working_set_bytes / 2**20,
+    )
