@@ -101,6 +101,25 @@ def test_measurement_roundtrip(store: ResultStore) -> None:
     assert store.run(run_id).status == "interrupted" and store.run(run_id).finished_at is not None
 
 
+def test_telemetry_roundtrip_and_frame_columns(store: ResultStore) -> None:
+    run_id, device_id = _setup(store)
+    power_samples = [(1000.0 + 0.1 * i, 2500.0 + (i % 3) * 0.125) for i in range(40)]
+    written = _record(run_id, device_id, power_samples=power_samples,
+                      power={"source": "android-battery", "avg_power_mw": 2510.5, "energy_per_inference_mj": 12.25,
+                             "energy_above_idle_mj": 4.5},
+                      thermal={"max_temp_before_c": 38.5, "max_temp_after_c": 44.0, "zones": {"cpu": [38.5, 44.0]}},
+                      drift={"top1_agreement": 0.875, "top5_overlap": 0.9, "kl_mean": 0.0125, "cosine_mean": 0.99,
+                             "max_abs_error": 0.25, "reference": "fp32"})
+    store.add_measurement(written)
+    [read] = store.measurements()
+    assert read.power_samples == power_samples  # exact: float64 bytes
+    assert (read.power, read.thermal, read.drift) == (written.power, written.thermal, written.drift)
+    row = store.frame().iloc[0]
+    assert (row["energy_per_inference_mj"], row["max_temp_after_c"], row["top1_agreement"]) == (12.25, 44.0, 0.875)
+    # Reading without samples leaves the raw power samples out too.
+    assert store._select_measurements(None, with_samples=False)[0].power_samples is None
+
+
 def test_failed_and_aggregate_only_records(store: ResultStore) -> None:
     run_id, device_id = _setup(store)
     failed = _record(run_id, device_id, samples_us=None).with_error(TransportError("connection reset by pi5"))
@@ -289,7 +308,7 @@ def test_v1_database_is_migrated(tmp_path: Path) -> None:
     old.close()
 
     with ResultStore(db) as migrated:
-        assert migrated.schema_version() == SCHEMA_VERSION == 2
+        assert migrated.schema_version() == SCHEMA_VERSION == 3
         conn = sqlite3.connect(db)
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         conn.close()
@@ -299,6 +318,9 @@ def test_v1_database_is_migrated(tmp_path: Path) -> None:
         assert migrated.done_plan_indices("r20260101-000000-aaaa") == {0}
         row = migrated.frame().iloc[0]
         assert (row["family"], row["threads"], row["device_identity"]) == ("mobilenet_v1", 4, "serial:R58M")
+        # v3: an old measurement has no telemetry, which reads as None, not as zeros.
+        assert record.power is None and record.thermal is None and record.drift is None
+        assert record.power_samples is None and pd.isna(row["energy_per_inference_mj"])
 
     # A migrated database and a new one have the same schema.
     fresh_db = tmp_path / "fresh.db"

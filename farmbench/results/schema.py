@@ -5,6 +5,9 @@ Schema history (``PRAGMA user_version`` holds the version; each step below runs 
 * v1 -- runs, devices, artifacts, measurements.
 * v2 -- indexes for resume (measurements by run and plan position), for regression checks (measurements by device
   and artifact across runs) and for "the previous run of this sweep" (runs by sweep hash and start time).
+* v3 -- telemetry beside latency: ``power_json`` (source, idle and window power, energy per inference),
+  ``power_samples`` (raw samples, ``power_samples_format``), ``thermal_json`` (temperatures before/after, cooldown,
+  throttling) and ``drift_json`` (outputs against the fp32 reference on the evaluation set).
 
 Steps are frozen once released: a change is a new step appended to ``MIGRATIONS``, never an edit of an old one
 (tests/data/results_schema_v1.sql is the v1 schema as released, and a test checks step 1 still produces it).
@@ -35,6 +38,7 @@ MEASUREMENT_STATUSES: tuple[str, ...] = ("ok", "failed", "skipped")
 # Raw samples are stored as little-endian float64 bytes (8 bytes per iteration, exact, no parsing cost);
 # samples_format names the encoding so another one can be added without a migration.
 SAMPLES_FORMAT_F64LE = "f64le"
+POWER_SAMPLES_FORMAT = "t_s,power_mw:f64le"
 
 
 def _in(values: Sequence[str]) -> str:
@@ -116,9 +120,19 @@ def _v2_indexes(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _v3_telemetry(conn: sqlite3.Connection) -> None:
+    _execute_all(conn, """
+        ALTER TABLE measurements ADD COLUMN power_json TEXT;
+        ALTER TABLE measurements ADD COLUMN power_samples BLOB;
+        ALTER TABLE measurements ADD COLUMN power_samples_format TEXT;
+        ALTER TABLE measurements ADD COLUMN thermal_json TEXT;
+        ALTER TABLE measurements ADD COLUMN drift_json TEXT
+    """)
+
+
 # MIGRATIONS[i] takes a database at version i to version i + 1; a new database runs them all. The store runs
 # each step inside its own BEGIN IMMEDIATE ... COMMIT and sets user_version in the same transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_tables, _v2_indexes]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_tables, _v2_indexes, _v3_telemetry]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -126,6 +140,22 @@ def encode_samples(samples_us: Sequence[float] | None) -> tuple[bytes | None, st
     if not samples_us:
         return None, None
     return np.asarray(samples_us, dtype="<f8").tobytes(), SAMPLES_FORMAT_F64LE
+
+
+def encode_power_samples(samples: Sequence[tuple[float, float]] | None) -> tuple[bytes | None, str | None]:
+    """(device time s, power mW) pairs as interleaved little-endian float64."""
+    if not samples:
+        return None, None
+    return np.asarray(samples, dtype="<f8").reshape(-1).tobytes(), POWER_SAMPLES_FORMAT
+
+
+def decode_power_samples(blob: bytes | None, fmt: str | None) -> list[tuple[float, float]] | None:
+    if blob is None:
+        return None
+    if fmt != POWER_SAMPLES_FORMAT:
+        raise ValueError(f"unknown power samples format {fmt!r}")
+    pairs = np.frombuffer(blob, dtype="<f8").reshape(-1, 2)
+    return [(float(t), float(p)) for t, p in pairs]
 
 
 def decode_samples(blob: bytes | None, fmt: str | None) -> list[float] | None:
@@ -209,6 +239,9 @@ class MeasurementRecord:
     execution provider, affinity, warm-up and timed-run protocol); ``context`` everything that makes the number
     comparable (OS build, runtime and converter versions, governor, temperatures, charging state...).
     ``flags`` are the runner's trust flags; :meth:`all_flags` adds the statistics warnings.
+
+    ``power`` (summary), ``power_samples`` (raw ``(device time s, power mW)``), ``thermal`` and ``drift`` are None
+    when not measured; their documents are described in :mod:`farmbench.telemetry` and :mod:`farmbench.results.drift`.
     """
 
     run_id: str
@@ -234,6 +267,10 @@ class MeasurementRecord:
     started_at: str | None = None
     finished_at: str | None = None
     id: int | None = None
+    power: dict[str, Any] | None = None
+    power_samples: list[tuple[float, float]] | None = None
+    thermal: dict[str, Any] | None = None
+    drift: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in MEASUREMENT_STATUSES:
@@ -281,4 +318,8 @@ class MeasurementRecord:
             init_ms=aggregates.get("init_ms"), first_inference_ms=aggregates.get("first_inference_ms"),
             peak_rss_mb=aggregates.get("peak_rss_mb"), context=_load(row["context_json"], {}),
             flags=_load(row["flags_json"], []), started_at=row["started_at"], finished_at=row["finished_at"],
+            power=_load(row["power_json"], None),
+            power_samples=(decode_power_samples(row["power_samples"], row["power_samples_format"])
+                           if with_samples else None),
+            thermal=_load(row["thermal_json"], None), drift=_load(row["drift_json"], None),
         )

@@ -35,6 +35,7 @@ from farmbench.results.schema import (
     DeviceInfo,
     MeasurementRecord,
     RunInfo,
+    encode_power_samples,
     encode_samples,
 )
 from farmbench.results.scrub import scrub
@@ -56,13 +57,20 @@ FRAME_COLUMNS: dict[str, str | None] = {
     "runtime": None, "runtime_version": None, "threads": "Int64", "status": None,
     "p50_us": "float64", "p90_us": "float64", "p99_us": "float64", "mean_us": "float64", "std_us": "float64",
     "cv": "float64", "min_us": "float64", "ci95_low_us": "float64", "ci95_high_us": "float64",
-    "n_samples": "Int64", "init_ms": "float64", "peak_rss_mb": "float64", "flags": None,
+    "n_samples": "Int64", "init_ms": "float64", "peak_rss_mb": "float64",
+    "avg_power_mw": "float64", "energy_per_inference_mj": "float64", "energy_above_idle_mj": "float64",
+    "max_temp_before_c": "float64", "max_temp_after_c": "float64",
+    "top1_agreement": "float64", "top5_overlap": "float64", "kl_mean": "float64", "cosine_mean": "float64",
+    "max_abs_error": "float64", "flags": None,
     "error_class": None, "error_message": None,
     "measurement_id": "Int64", "artifact_key": None, "artifact_sha256": None, "plan_index": "Int64",
     "repeat": "Int64", "max_us": "float64", "p5_us": "float64", "p95_us": "float64",
     "first_inference_ms": "float64", "transient": "boolean", "started_at": None, "finished_at": None,
 }
 _SPEC_FIELDS: tuple[str, ...] = ("family", "width", "resolution", "quant")
+_POWER_FIELDS: tuple[str, ...] = ("avg_power_mw", "energy_per_inference_mj", "energy_above_idle_mj")
+_THERMAL_FIELDS: tuple[str, ...] = ("max_temp_before_c", "max_temp_after_c")
+_DRIFT_FIELDS: tuple[str, ...] = ("top1_agreement", "top5_overlap", "kl_mean", "cosine_mean", "max_abs_error")
 _LATENCY_FIELDS: tuple[str, ...] = ("p50_us", "p90_us", "p99_us", "mean_us", "std_us", "cv", "min_us",
                                     "ci95_low_us", "ci95_high_us", "max_us", "p5_us", "p95_us")
 
@@ -304,17 +312,22 @@ class ResultStore:
             record = replace(record, latency=summarize(record.samples_us))
         now = utc_now()
         samples, samples_format = encode_samples(record.samples_us)
+        power_samples, power_format = encode_power_samples(record.power_samples)
         with self._transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO measurements (run_id, device_id, artifact_key, artifact_sha256, plan_index, repeat,"
                 " runtime, runtime_version, config_json, status, transient, error_class, error_message, samples,"
-                " samples_format, aggregates_json, context_json, flags_json, started_at, finished_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " samples_format, aggregates_json, context_json, flags_json, started_at, finished_at,"
+                " power_json, power_samples, power_samples_format, thermal_json, drift_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.run_id, record.device_id, record.artifact_key, record.artifact_sha256, record.plan_index,
                  record.repeat, record.runtime, record.runtime_version, _json(record.config), record.status,
                  int(record.transient), record.error_class, record.error_message, samples, samples_format,
                  _json(record.aggregates_json()), _json(record.context), _json(list(record.flags)),
-                 record.started_at or now, record.finished_at or now),
+                 record.started_at or now, record.finished_at or now,
+                 None if record.power is None else _json(record.power), power_samples, power_format,
+                 None if record.thermal is None else _json(record.thermal),
+                 None if record.drift is None else _json(record.drift)),
             )
         assert cursor.lastrowid is not None
         return int(cursor.lastrowid)
@@ -324,7 +337,7 @@ class ResultStore:
         return self._select_measurements(run_ids, with_samples=True)
 
     def _select_measurements(self, run_ids: Sequence[str] | None, *, with_samples: bool) -> list[MeasurementRecord]:
-        columns = ", ".join("NULL AS samples" if c == "samples" and not with_samples else c
+        columns = ", ".join(f"NULL AS {c}" if c in ("samples", "power_samples") and not with_samples else c
                             for c in self._measurement_columns)
         query = f"SELECT {columns} FROM measurements"
         params: list[str] = []
@@ -371,6 +384,9 @@ class ResultStore:
                 "runtime_version": record.runtime_version, "threads": record.config.get("threads"),
                 "status": record.status, **{f: latency.get(f) for f in _LATENCY_FIELDS},
                 "n_samples": latency.get("n"), "init_ms": record.init_ms, "peak_rss_mb": record.peak_rss_mb,
+                **{f: (record.power or {}).get(f) for f in _POWER_FIELDS},
+                **{f: (record.thermal or {}).get(f) for f in _THERMAL_FIELDS},
+                **{f: (record.drift or {}).get(f) for f in _DRIFT_FIELDS},
                 "flags": ",".join(record.all_flags()), "error_class": record.error_class,
                 "error_message": record.error_message, "measurement_id": record.id,
                 "artifact_key": record.artifact_key, "artifact_sha256": record.artifact_sha256,
