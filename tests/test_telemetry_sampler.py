@@ -6,7 +6,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -189,9 +191,11 @@ def test_without_fractional_sleep_the_sampler_ticks_every_second_and_says_so(tmp
     done = LocalTransport(env=env).run(command.argv, timeout_s=30)
     run = parse_sampler_output(done.stdout, spec, command.tag)
     assert done.rc == 0, done.stderr
-    assert run.warnings == ("no-fractional-sleep",)
-    # Not a busy loop: about one tick per second (plus the final one), not hundreds.
-    assert 2 <= len(run.samples) <= 6, run.samples
+    assert run.warnings == ("no-fractional-sleep",) and run.period_s == 1.0
+    # Not a busy loop: one tick per second over 1 s idle (0.1 s rounded up) + 2 s, plus the final one.
+    assert 3 <= len(run.samples) <= 5, run.samples
+    times = [sample.t_s for sample in run.samples[:-1]]
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(times)), times
     assert time.monotonic() - started < 6
 
 
@@ -278,3 +282,24 @@ def test_file_listing_reads_each_file_once(tmp_path: Path) -> None:
     assert files[f"{tmp_path}/thermal_zone0/temp"].value == "45000"
     assert files[f"{tmp_path}/thermal_zone1/temp"].value is None
     assert len(files) == 4 and all(f.readable for f in files.values())
+
+
+def test_the_sampling_loop_ends_when_its_shell_is_killed(tmp_path: Path) -> None:
+    """SIGKILL (a `timeout -k` on a board) reaches only the script's shell: the loop must not sample on forever."""
+    (tmp_path / "v").write_text("1\n")
+    spec = SamplerSpec(channels=(Channel("v", str(tmp_path / "v")),), rate_hz=50)
+    command = wrap_with_sampler(spec, ["sleep", "30"], idle_s=0)
+    out = tmp_path / "out"
+    with out.open("w") as stdout:  # a file, not a pipe: no SIGPIPE would stop the loop
+        process = subprocess.Popen(command.argv, stdout=stdout, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        time.sleep(0.5)
+        assert out.read_text().count("\tS\t") >= 5
+        process.kill()  # the shell only, as kill -9 <pid> does
+        process.wait(timeout=10)
+        time.sleep(0.3)
+        lines = out.read_text().count("\tS\t")
+        time.sleep(0.5)
+        assert out.read_text().count("\tS\t") == lines
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the orphaned `sleep 30` benchmark

@@ -3,7 +3,7 @@
 The same text runs on this machine, on Linux boards over SSH (dash, bash, busybox ash) and on Android phones over
 ADB (mksh, the shell of ``/system/bin/sh``; ``sleep`` there is toybox's). It needs nothing but the shell's builtins,
 ``/proc/uptime`` and a ``sleep`` that takes fractional seconds (toybox, busybox and coreutils all do; without one the
-sampler falls back to whole seconds and says so in a ``W`` line).
+sampler falls back to one tick per second and says so in a ``W`` line).
 
 Composition
 -----------
@@ -17,6 +17,9 @@ so nothing from a config file can change the script's structure. What the script
     sleep idle_s                                   # the idle baseline
     mark start; run the benchmark (foreground, its stdout and stderr untouched); mark end with its exit code
     stop the sampling loop (and the sleep it may be in); take one last sample; exit with the benchmark's exit code
+
+The loop also ends by itself when the script's shell is gone (killed with SIGKILL, which no trap sees), so a
+sampler never outlives its run on the device.
 
 A tick reads each channel file with the ``read`` builtin (no process per file): a file that is missing or unreadable
 gives an empty field, never an error that stops the loop. The optional ``command`` runs once per tick, in a command
@@ -231,10 +234,12 @@ def sampler_script(spec: SamplerSpec, benchmark_argv: Sequence[str], *, idle_s: 
         "echo \"$fb_l\"; }\n"
         # The loop sleeps in a child it waits for, so a TERM from the parent ends the sleep too: no process is left
         # holding stdout open after the script exits.
+        # $$ is the parent shell even in the loop's subshell: if it dies without a trap (SIGKILL), the loop ends too.
         "fb_loop(){ fb_z=;trap 'kill $fb_z 2>/dev/null;exit 0' TERM;fb_cs;fb_n=$fb_c\n"
-        "while :;do fb_tick;fb_n=$((fb_n+fb_P));fb_cs;fb_d=$((fb_n-fb_c))\n"
+        "while kill -0 $$ 2>/dev/null;do fb_tick;fb_n=$((fb_n+fb_P));fb_cs;fb_d=$((fb_n-fb_c))\n"
         "if [ $fb_d -gt 0 ];then fb_ar $fb_d;sleep $fb_a & fb_z=$!;wait $fb_z;fb_z=;else fb_n=$fb_c;fi;done; }\n"
-        "fb_F=1;sleep 0.01 2>/dev/null||fb_F=0\n"
+        # Without fractional sleep, ticks can come at most once a second.
+        "fb_F=1;sleep 0.01 2>/dev/null||{ fb_F=0;[ $fb_P -lt 100 ]&&fb_P=100; }\n"
         f"echo \"$fb_T\tH\t{FORMAT_VERSION}\t{len(spec.channels)}\t{int(spec.command is not None)}\t$fb_P\t$fb_F\"\n"
         "[ $fb_F = 1 ]||echo \"$fb_T\tW\tno-fractional-sleep\"\n"
         "fb_t;echo \"$fb_T\tM\tidle\t$fb_u\"\n"
