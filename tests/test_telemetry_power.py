@@ -296,6 +296,10 @@ def test_hwmon_rails_by_label_and_the_jetson_preset(tmp_path: Path) -> None:
     (tmp_path / "class" / "hwmon" / "hwmon1" / "in1_label").write_text("VDD_GPU\n")
     labels, power_mw = _hwmon_power(PowerConfig(source="hwmon", hwmon="ina3221", preset="jetson"), tmp_path)
     assert labels == ["VDD_GPU", "VDD_CPU_GPU_CV", "VDD_SOC"] and power_mw == pytest.approx(7000 + 2500 + 1500)
+    # A disabled channel reads nothing (the driver fails the read): it is left out, not allowed to void the sum.
+    (tmp_path / "class" / "hwmon" / "hwmon1" / "curr3_input").write_text("")
+    labels, power_mw = _hwmon_power(PowerConfig(source="hwmon", hwmon="ina3221"), tmp_path)
+    assert labels == ["VDD_GPU", "VDD_CPU_GPU_CV"] and power_mw == pytest.approx(7000 + 2500)
     with pytest.raises(RunnerError, match="no rail matches") as err:
         plan_power(PowerConfig(source="hwmon", rails=("VDD_DDR",)),
                    _list(listing_script(PowerConfig(source="hwmon"), str(tmp_path))), str(tmp_path))

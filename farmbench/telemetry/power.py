@@ -329,6 +329,11 @@ def _plan_hwmon(config: PowerConfig, files: Mapping[str, Any]) -> PowerPlan:
     if config.rails:
         rails = [rail for rail in rails if _matches(rail.label, config.rails)]
     notes: list[str] = []
+    # A disabled INA3221 channel (inN_enable = 0) fails every read; summed in, it would void every tick.
+    dead = [rail for rail in rails if not _rail_has_reading(rail, files)]
+    if dead:
+        notes.append("skipped rails without a reading: " + ", ".join(rail.label for rail in dead))
+        rails = [rail for rail in rails if rail not in dead]
     if config.preset == "jetson":
         totals = [rail for rail in rails if rail.label.upper() in JETSON_TOTAL_RAILS]
         if totals:
@@ -347,6 +352,12 @@ def _plan_hwmon(config: PowerConfig, files: Mapping[str, Any]) -> PowerPlan:
             if rail_file is not None:
                 channels.append(Channel(f"power.rail{index}.{suffix}", rail_file))
     return PowerPlan(config, tuple(channels), rails=tuple(rails), notes=tuple(notes))
+
+
+def _rail_has_reading(rail: Rail, files: Mapping[str, Any]) -> bool:
+    def readable(path: str | None) -> bool:
+        return path is not None and path in files and _float_or_none(files[path].value) is not None
+    return readable(rail.power_path) or (readable(rail.voltage_path) and readable(rail.current_path))
 
 
 def _hwmon_rails(directory: str, name: str, entries: Mapping[str, str | None]) -> list[Rail]:
