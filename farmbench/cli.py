@@ -248,6 +248,11 @@ def _run_options(func: Any) -> Any:
         click.option("--affinity", default=None, help="CPU list to pin the benchmark to, e.g. 0-3."),
         click.option("--order-seed", type=int, default=None, help="Seed of the interleaved order."),
         click.option("--timeout-s", type=float, default=None, help="Give up on one measurement after this."),
+        click.option("--drift/--no-drift", default=None,
+                     help="Measure accuracy drift against each variant's fp32 twin [default: on]."),
+        click.option("--eval-images", type=int, default=None, help="Evaluation images for drift [default: 64]."),
+        click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Your evaluation images: DIR/<class>/<image> (adds top-1/top-5 accuracy) or DIR/<image>."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -269,7 +274,8 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
         minimalistic: bool | None, models: tuple[Path, ...], devices: tuple[str, ...], runtimes: tuple[str, ...],
         threads: tuple[str, ...], xnnpack: tuple[str, ...], runs: int | None, min_s: float | None,
         max_s: float | None, warmup_runs: int | None, warmup_min_s: float | None, repeats: int | None,
-        affinity: str | None, order_seed: int | None, timeout_s: float | None, db_path: Path | None,
+        affinity: str | None, order_seed: int | None, timeout_s: float | None, drift: bool | None,
+        eval_images: int | None, eval_dir: Path | None, db_path: Path | None,
         accept_new_host_key: bool, jobs: int, as_json: bool, quiet: bool, cache_dir: Path | None) -> None:
     """Build what is missing, then measure every variant on every device and store the results.
 
@@ -286,7 +292,7 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
     from farmbench.orchestrator import run_sweep
     from farmbench.results.store import ResultStore
     from farmbench.variants.build import BuildOptions
-    from farmbench.variants.plan import build_sweep, variants_of
+    from farmbench.variants.plan import build_references, build_sweep, variants_of
 
     sweep = _sweep_from_options(sweep_path, family, width, resolution, quant, formats, weights, seed,
                                 minimalistic, models)
@@ -294,14 +300,18 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
         "devices": _join(devices), "runtime": _join(runtimes), "threads": _join(threads),
         "xnnpack": _join(xnnpack), "runs": runs, "min_s": min_s, "max_s": max_s, "warmup_runs": warmup_runs,
         "warmup_min_s": warmup_min_s, "repeats": repeats, "affinity": affinity, "order_seed": order_seed,
-        "timeout_s": timeout_s,
+        "timeout_s": timeout_s, "drift": drift, "eval_images": eval_images,
+        "eval_dir": None if eval_dir is None else str(eval_dir.resolve()),
     })
     device_configs = [resolve_device(ref) for ref in sweep.run.devices]  # config errors before any work
     progress = _Progress(len(variants_of(sweep)) + len(sweep.variants.models), quiet or as_json)
-    results = build_sweep(sweep, BuildOptions(cache=_cache(cache_dir), jobs=jobs, on_event=progress))
+    options = BuildOptions(cache=_cache(cache_dir), jobs=jobs, on_event=progress)
+    results = build_sweep(sweep, options)
+    references = build_references(results, options) if sweep.run.drift else {}
     with ResultStore(db_path) as store:
         summary = run_sweep(sweep, results, device_configs, store, command=sys.argv,
-                            on_event=_RunProgress(quiet or as_json), accept_new_host_key=accept_new_host_key)
+                            on_event=_RunProgress(quiet or as_json), accept_new_host_key=accept_new_host_key,
+                            references=references, cache_dir=options.cache.root)
         if as_json:
             click.echo(json.dumps({**summary.__dict__, "exit_code": summary.exit_code, "db": str(store.path)},
                                   indent=2, default=str))
@@ -367,9 +377,18 @@ def _print_results(store: Any, run_ids: Sequence[str] | None) -> None:
                      ms(r.p50_us), ms(r.p90_us), ms(r.p99_us), ci,
                      "" if r.init_ms != r.init_ms or r.init_ms is None else f"{r.init_ms:.1f}",
                      "" if r.peak_rss_mb != r.peak_rss_mb or r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
-                     r.flags or (r.error_class or "")))
+                     _number(r.energy_per_inference_mj, "{:.3f}"), _number(r.top1_agreement, "{:.0%}"),
+                     _number(r.kl_mean, "{:.4f}"), r.flags or (r.error_class or "")))
     click.echo(table(["device", "artifact", "runtime", "thr", "status", "p50 ms", "p90 ms", "p99 ms",
-                      "p50 95% CI", "init ms", "RSS MB", "flags / error"], rows, right=(3, 5, 6, 7, 9, 10)))
+                      "p50 95% CI", "init ms", "RSS MB", "mJ/inf", "top1 agr", "KL", "flags / error"], rows,
+                     right=(3, 5, 6, 7, 9, 10, 11, 12, 13)))
+
+
+def _number(value: Any, pattern: str) -> str:
+    """A frame value for a table cell: blank when missing (None, NaN or pandas NA)."""
+    import pandas as pd
+
+    return "" if value is None or pd.isna(value) else pattern.format(value)
 
 
 @cli.command(context_settings=SUBCOMMAND_CONTEXT)

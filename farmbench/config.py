@@ -368,7 +368,7 @@ def validate_table(
             value = _normalise(field, table[field.name])
         except _Invalid as err:
             raise doc.error(err.message, field_path, hint=err.hint or _field_hint(field)) from None
-        values[field.name] = doc.resolve_path(str(value)) if field.kind == "path" else value
+        values[field.name] = doc.resolve_path(str(value)) if field.kind == "path" and value != "" else value
     return values
 
 
@@ -521,6 +521,12 @@ RUN_FIELDS: tuple[Field, ...] = (
     Field("affinity", "str", default="", doc="CPU list to pin the benchmark to, e.g. '0-3' (empty: no pinning)"),
     Field("order_seed", "int", default=0, min_value=0, doc="seed of the interleaved measurement order"),
     Field("timeout_s", "float", default=600.0, min_exclusive=0, doc="give up on one measurement after this"),
+    Field("drift", "bool", default=True,
+          doc="measure accuracy drift: each variant's outputs on the evaluation set against its fp32 twin's"),
+    Field("eval_images", "int", default=64, min_value=1, doc="evaluation images for drift (built-in set, or the"
+                                                             " first N of eval_dir)"),
+    Field("eval_dir", "path", default="",
+          doc="your evaluation images: DIR/<class>/<image> (labels: also top-1/top-5 accuracy) or DIR/<image>"),
 )
 
 SWEEP_TABLES: dict[str, tuple[Field, ...]] = {"variants": VARIANT_FIELDS, "run": RUN_FIELDS}
@@ -564,6 +570,9 @@ class RunConfig:
     affinity: str
     order_seed: int
     timeout_s: float
+    drift: bool = True
+    eval_images: int = 64
+    eval_dir: str = ""
 
 
 def _run_config(doc: TomlDocument, key_path: KeyPath, values: Mapping[str, Any]) -> RunConfig:
@@ -572,6 +581,7 @@ def _run_config(doc: TomlDocument, key_path: KeyPath, values: Mapping[str, Any])
     if not values["devices"]:
         raise doc.error("is empty: nothing to run on", (*key_path, "devices"), hint='e.g. devices = ["local"]')
     fields: dict[str, Any] = {f.name: tuple(values[f.name]) if f.is_list else values[f.name] for f in RUN_FIELDS}
+    fields["eval_dir"] = str(fields["eval_dir"] or "")
     return RunConfig(**fields)
 
 

@@ -23,14 +23,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from farmbench.config import RunConfig, Sweep, sweep_json
 from farmbench.devices.config import DeviceConfig
 from farmbench.errors import FarmbenchError
+from farmbench.results.drift import accuracy, drift
 from farmbench.results.schema import MeasurementRecord
 from farmbench.results.store import ResultStore, utc_now
 from farmbench.runners.board import BoardSession, RunSpec, device_context, open_transport, record_from_document
 from farmbench.runners.phone import PhoneSession, record_from_ort_perf_test, record_from_output
 from farmbench.variants.build import BuildResult
+from farmbench.variants.cache import ArtifactCache
+from farmbench.variants.evalset import EvalSet, load_evalset, reference_outputs
+from farmbench.variants.inspect import inspect_model
+from farmbench.variants.models import preprocess
 
 TFLITE_RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
 FORMAT_RUNTIMES = {"tflite": ("auto", *TFLITE_RUNTIMES), "onnx": ("auto", "onnxruntime")}
@@ -67,6 +74,57 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         return 1 if (self.failed or self.build_failures) else 0
+
+
+class DriftSetup:
+    """What the accuracy-drift pass needs, shared by the device threads: each artifact's fp32 twin, the evaluation
+    set per resolution and the host reference outputs (computed once per twin and set, cached on disk).
+
+    Drift is measured once per (device, artifact, runtime configuration): on repeat 0, after the timed session,
+    with the same runtime configuration and one untimed inference per evaluation image."""
+
+    def __init__(self, references: dict[str, BuildResult], cache_dir: Path, run: RunConfig) -> None:
+        self.references = references
+        self.cache_dir = cache_dir
+        self.run = run
+        self._lock = threading.Lock()
+        self._evalsets: dict[int, EvalSet] = {}
+        self._outputs: dict[tuple[str, str], np.ndarray] = {}
+
+    def inputs(self, artifact: BuildResult) -> tuple[EvalSet, np.ndarray, np.ndarray, BuildResult] | None:
+        """(evaluation set, model inputs, reference outputs, twin) for ``artifact``; None without a twin."""
+        twin = self.references.get(artifact.key)
+        if twin is None or twin.entry is None or artifact.variant is None:
+            return None
+        variant = artifact.variant
+        with self._lock:
+            evalset = self._evalsets.get(variant.resolution)
+            if evalset is None:
+                evalset = load_evalset(variant.resolution, directory=self.run.eval_dir or None,
+                                       count=self.run.eval_images)
+                self._evalsets[variant.resolution] = evalset
+            inputs = preprocess(variant.family, evalset.pixels)
+            key = (twin.key, evalset.digest)
+            reference = self._outputs.get(key)
+            if reference is None:
+                reference = reference_outputs(twin.entry.model_path, str(twin.entry.manifest["sha256"]), inputs,
+                                              evalset.digest, self.cache_dir)
+                self._outputs[key] = reference
+        return evalset, inputs, reference, twin
+
+
+def drift_document(outputs: np.ndarray, reference: np.ndarray, evalset: EvalSet, twin: BuildResult) -> dict[str, Any]:
+    """The stored drift document: metrics (top level, see results.drift), the reference and the set; with labels,
+    the accuracy of both sides and the change."""
+    metrics = drift(reference, outputs.reshape(reference.shape))
+    document: dict[str, Any] = {**metrics.to_json(), "reference": twin.name,
+                                "reference_sha256": twin.entry.manifest.get("sha256") if twin.entry else None,
+                                "evalset": evalset.describe()}
+    if evalset.labels is not None:
+        mine, theirs = accuracy(outputs.reshape(reference.shape), evalset.labels), accuracy(reference, evalset.labels)
+        document.update(top1_accuracy=mine.top1, top5_accuracy=mine.top5, reference_top1_accuracy=theirs.top1,
+                        reference_top5_accuracy=theirs.top5, top1_accuracy_delta=mine.top1 - theirs.top1)
+    return document
 
 
 def make_plan(artifacts: Sequence[BuildResult], devices: Sequence[DeviceConfig],
@@ -128,6 +186,7 @@ def execute(
     *,
     on_event: Callable[[Event], None] | None = None,
     accept_new_host_key: bool = False,
+    drift_setup: DriftSetup | None = None,
 ) -> RunSummary:
     summary = RunSummary(run_id=run_id, planned=len(plan))
     notify = on_event or (lambda event: None)
@@ -148,7 +207,8 @@ def execute(
     def work(device: DeviceConfig) -> None:
         items = [item for item in plan if item.device == device.name]
         if items:
-            _run_device(device, items, artifacts, store, run_id, run, account, notify, accept_new_host_key)
+            _run_device(device, items, artifacts, store, run_id, run, account, notify, accept_new_host_key,
+                        drift_setup)
 
     with ThreadPoolExecutor(max_workers=max(1, len(devices)), thread_name_prefix="device") as pool:
         for future in [pool.submit(work, device) for device in devices]:
@@ -159,7 +219,7 @@ def execute(
 def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str, BuildResult],
                 store: ResultStore, run_id: str, run: RunConfig,
                 account: Callable[[str, MeasurementRecord, str], None], notify: Callable[[Event], None],
-                accept_new_host_key: bool) -> None:
+                accept_new_host_key: bool, drift_setup: DriftSetup | None = None) -> None:
     session: BoardSession | PhoneSession | None = None
     try:
         notify({"event": "device-connect", "device": device.name})
@@ -198,10 +258,39 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
             else:
                 record = _measure(session, item, base, session.usable_runtimes(), artifacts[item.artifact_key],
                                   run)
+            if drift_setup is not None and record.status == "ok" and item.repeat == 0:
+                record = _with_drift(session, item, record, artifacts[item.artifact_key], drift_setup, run)
             store.add_measurement(replace(record, finished_at=utc_now()))
             account(device.name, record, item.artifact_name)
     finally:
         session.close()
+
+
+def _with_drift(session: BoardSession | PhoneSession, item: PlanItem, record: MeasurementRecord,
+                artifact: BuildResult, setup: DriftSetup, run: RunConfig) -> MeasurementRecord:
+    """``record`` with its drift document: the device's outputs on the evaluation set against the fp32 twin's on
+    the host. A failure here keeps the latency and says why drift is missing (flag ``drift_failed``)."""
+    if artifact.entry is None:
+        return record
+    if isinstance(session, PhoneSession) and item.format != "tflite":
+        return replace(record, drift={"skipped": "onnxruntime_perf_test cannot write output tensors"})
+    try:
+        prepared = setup.inputs(artifact)
+        if prepared is None:
+            return replace(record, drift={"skipped": "no fp32 twin to compare with (your own model file)"})
+        evalset, inputs, reference, twin = prepared
+        facts = inspect_model(artifact.entry.model_path)
+        remote = session.ensure_model(artifact.entry.model_path, str(artifact.entry.manifest["sha256"]))
+        if isinstance(session, BoardSession):
+            spec = replace(item.spec, runtime=record.runtime)
+            outputs = session.outputs(remote, spec, facts, inputs, timeout_s=run.timeout_s)
+        else:
+            outputs = session.output_tensors(remote, facts, inputs, threads=int(record.config.get("threads") or 1),
+                                             xnnpack=record.config.get("xnnpack") == "on",
+                                             timeout_s=run.timeout_s)[0]
+        return replace(record, drift=drift_document(outputs, reference, evalset, twin))
+    except FarmbenchError as exc:
+        return replace(record, drift={"error": exc.format()}, flags=[*record.flags, "drift_failed"])
 
 
 def _measure_phone(session: PhoneSession, item: PlanItem, base: MeasurementRecord, artifact: BuildResult,
@@ -300,9 +389,13 @@ def run_sweep(
     command: Sequence[str] = (),
     on_event: Callable[[Event], None] | None = None,
     accept_new_host_key: bool = False,
+    references: dict[str, BuildResult] | None = None,
+    cache_dir: Path | None = None,
 ) -> RunSummary:
     """Plan, record the run, measure everything, finish the run. Artifacts must be built (failed builds are
-    reported in the summary and left out of the plan)."""
+    reported in the summary and left out of the plan). ``references`` (artifact key -> fp32 twin, from
+    :func:`farmbench.variants.plan.build_references`) turn on the drift pass when the sweep asks for drift;
+    ``cache_dir`` is where reference outputs are cached."""
     started = time.monotonic()
     plan, not_planned = make_plan(artifacts, devices, sweep.run)
     run_id = store.start_run(sweep_name=sweep.name, sweep=sweep_json(sweep), plan=[item.to_json() for item in plan],
@@ -315,8 +408,11 @@ def run_sweep(
                            str(artifact.entry.manifest.get("sha256")), artifact.entry.manifest)
     status = "failed"
     try:
+        drift_setup = None
+        if sweep.run.drift and references is not None:
+            drift_setup = DriftSetup(references, cache_dir or ArtifactCache().root, sweep.run)
         summary = execute(plan, devices, by_key, store, run_id, sweep.run, on_event=on_event,
-                          accept_new_host_key=accept_new_host_key)
+                          accept_new_host_key=accept_new_host_key, drift_setup=drift_setup)
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -329,4 +425,4 @@ def run_sweep(
     return summary
 
 
-__all__ = ["PlanItem", "RunSummary", "execute", "make_plan", "run_sweep"]
+__all__ = ["DriftSetup", "PlanItem", "RunSummary", "drift_document", "execute", "make_plan", "run_sweep"]

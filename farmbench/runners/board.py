@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from farmbench.devices.config import DeviceConfig
 from farmbench.errors import RunnerError
 from farmbench.results.schema import MeasurementRecord
-from farmbench.transports.base import Transport
+from farmbench.transports.base import Deadline, Transport
+from farmbench.variants.inspect import ModelFacts
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
 AGENT_SCHEMA_VERSION = 1
@@ -146,6 +151,39 @@ class BoardSession:
 
     def bench(self, remote_model: str, spec: RunSpec, *, timeout_s: float) -> dict[str, Any]:
         return self._agent(["bench", "--model", remote_model, *spec.agent_args()], timeout_s=timeout_s)
+
+    def outputs(self, remote_model: str, spec: RunSpec, facts: ModelFacts, samples: np.ndarray, *,
+                timeout_s: float) -> np.ndarray:
+        """The model's first output for each sample (float32, dequantised), computed on the device by the agent with
+        the same runtime configuration as ``spec`` and one untimed inference per sample (``--dump-outputs``).
+        The samples go over as one .npy pushed by hash, so a set is uploaded once per device."""
+        deadline = Deadline(timeout_s)
+        with tempfile.TemporaryDirectory(prefix="farmbench-io-") as tmp_text:
+            local_inputs = Path(tmp_text) / "inputs.npy"
+            np.save(local_inputs, np.ascontiguousarray(samples, dtype=np.float32), allow_pickle=False)
+            sha = hashlib.sha256(local_inputs.read_bytes()).hexdigest()
+            remote_inputs, _ = self.transport.push_cached(local_inputs, sha, f"{self.cache_dir}/inputs", "inputs.npy",
+                                                          timeout_s=max(1.0, deadline.remaining_s()))
+            remote_outputs = f"{self.cache_dir}/outputs/{sha[:16]}-{os.getpid()}.npy"
+            self.transport.mkdir_p(f"{self.cache_dir}/outputs", timeout_s=max(1.0, deadline.remaining_s()))
+            once = replace(spec, warmup_runs=0, warmup_min_s=0.0, runs=1, min_s=0.0)
+            args = ["bench", "--model", remote_model, *once.agent_args(), "--inputs", remote_inputs,
+                    "--dump-outputs", remote_outputs]
+            for flag, info in (("--input-quant", facts.inputs[0]), ("--output-quant", facts.outputs[0])):
+                if facts.format == "onnx" and info.quant_scale:
+                    zero = info.quant_zero_point[0] if info.quant_zero_point else 0
+                    args += [flag, f"{info.quant_scale[0]!r},{zero}"]
+            document = self._agent(args, timeout_s=max(1.0, deadline.remaining_s()))
+            if document.get("status") != "ok":
+                raise RunnerError(f"device {self.device.name}: computing outputs failed:"
+                                  f" {document.get('error_class')}: {document.get('error_message')}")
+            local_outputs = Path(tmp_text) / "outputs.npy"
+            try:
+                self.transport.pull(remote_outputs, local_outputs, timeout_s=max(1.0, deadline.remaining_s()))
+            finally:
+                self.transport.run(["rm", "-f", remote_outputs], timeout_s=30.0)
+            outputs: np.ndarray = np.load(local_outputs, allow_pickle=False)
+        return outputs
 
     def _agent(self, args: list[str], *, timeout_s: float) -> dict[str, Any]:
         completed = self.transport.run([self.python, self.agent_path, *args], timeout_s=timeout_s)

@@ -62,6 +62,26 @@ def build_sweep(sweep: Sweep, options: BuildOptions) -> list[BuildResult]:
     return results
 
 
+def build_references(results: list[BuildResult], options: BuildOptions) -> dict[str, BuildResult]:
+    """The fp32 twin (same family, width, resolution, weights and format) of every built variant, as the reference
+    for its accuracy drift: artifact key -> twin. Twins the sweep did not ask for are built too (cached, and cheap
+    once the sweep built their Keras model); they are references only, never measured. Your own model files have
+    no twin and are left out."""
+    twins: dict[str, Variant] = {}
+    for result in results:
+        if result.entry is not None and result.variant is not None:
+            twins[result.key] = Variant(result.variant.group, "fp32", result.variant.format)
+    by_variant = {r.variant: r for r in results if r.variant is not None and r.entry is not None}
+    missing = sorted({twin for twin in twins.values() if twin not in by_variant})
+    if missing:
+        quiet = BuildOptions(cache=options.cache, jobs=options.jobs, force=False,
+                             memory_budget_mb=options.memory_budget_mb, on_event=None)
+        for built in build_variants(missing, quiet):
+            if built.variant is not None and built.entry is not None:
+                by_variant[built.variant] = built
+    return {key: by_variant[twin] for key, twin in twins.items() if twin in by_variant}
+
+
 def copy_out(results: list[BuildResult], out_dir: Path) -> list[Path]:
     """Copy built artifacts and their manifests to ``out_dir`` under readable names
     (``mobilenet_v2_a0.35_r96_int8.tflite`` and ``....tflite.json``)."""
