@@ -22,8 +22,10 @@ from farmbench.variants.models import preprocess
 from tests.conftest import GRID_FAMILY, GRID_FLAGS, GRID_RESOLUTION, BuiltGrid, cli_command, cli_env, describe
 from tests.peers.benchmark_model_standin import install as install_benchmark_model
 from tests.peers.sshd import SshdPeer
-from tests.test_run import Board
-from tests.test_run import board  # noqa: F401  (the module-scoped fixture, reused)
+from tests.test_run import (
+    Board,
+    board,  # noqa: F401  (the module-scoped fixture, reused)
+)
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +100,7 @@ def test_drift_on_this_machine(cache: Path, tmp_path: Path) -> None:
     check_drift(records, ("tflite", "onnx"))
 
 
-def test_drift_on_an_ssh_board(board: Board, cache: Path, tmp_path: Path, sshd: SshdPeer) -> None:
+def test_drift_on_an_ssh_board(board: Board, cache: Path, tmp_path: Path, sshd: SshdPeer) -> None:  # noqa: F811
     db = tmp_path / "ssh.db"
     records = run(board.device_file("drift-board"), "tflite,onnx", cache, db)
     remember_names(db)
