@@ -224,8 +224,9 @@ def sampler_script(spec: SamplerSpec, benchmark_argv: Sequence[str], *, idle_s: 
     return (
         f"fb_T={tag};fb_P={spec.period_cs};fb_N='\n'\n"
         "fb_t(){ read -r fb_u fb_x </proc/uptime; }\n"
-        # centiseconds since boot from "12345.67"; the fraction loses one leading zero so $((..)) never sees octal.
-        "fb_cs(){ fb_t;fb_s=${fb_u%.*};fb_f=${fb_u#*.};fb_f=${fb_f#0};fb_c=$((fb_s*100+${fb_f:-0})); }\n"
+        # Centiseconds since the loop started (fb_b, whole seconds) from "12345.67": relative, so that mksh's 32-bit
+        # arithmetic never overflows; the fraction loses one leading zero so $((..)) never reads it as octal.
+        "fb_cs(){ fb_t;fb_s=${fb_u%.*};fb_f=${fb_u#*.};fb_f=${fb_f#0};fb_c=$(((fb_s-fb_b)*100+${fb_f:-0})); }\n"
         # fb_a: sleep's argument for $1 centiseconds (whole seconds, rounded up, without a fractional sleep).
         "fb_ar(){ if [ $fb_F = 1 ];then fb_r=$(($1%100));[ $fb_r -lt 10 ]&&fb_r=0$fb_r;fb_a=$(($1/100)).$fb_r\n"
         "else fb_a=$((($1+99)/100));fi; }\n"
@@ -235,7 +236,7 @@ def sampler_script(spec: SamplerSpec, benchmark_argv: Sequence[str], *, idle_s: 
         # The loop sleeps in a child it waits for, so a TERM from the parent ends the sleep too: no process is left
         # holding stdout open after the script exits.
         # $$ is the parent shell even in the loop's subshell: if it dies without a trap (SIGKILL), the loop ends too.
-        "fb_loop(){ fb_z=;trap 'kill $fb_z 2>/dev/null;exit 0' TERM;fb_cs;fb_n=$fb_c\n"
+        "fb_loop(){ fb_z=;trap 'kill $fb_z 2>/dev/null;exit 0' TERM;fb_t;fb_b=${fb_u%.*};fb_cs;fb_n=$fb_c\n"
         "while kill -0 $$ 2>/dev/null;do fb_tick;fb_n=$((fb_n+fb_P));fb_cs;fb_d=$((fb_n-fb_c))\n"
         "if [ $fb_d -gt 0 ];then fb_ar $fb_d;sleep $fb_a & fb_z=$!;wait $fb_z;fb_z=;else fb_n=$fb_c;fi;done; }\n"
         # Without fractional sleep, ticks can come at most once a second.
