@@ -358,6 +358,8 @@ class _RunProgress:
 
 
 def _print_results(store: Any, run_ids: Sequence[str] | None) -> None:
+    import pandas as pd
+
     from farmbench.ui import table
 
     frame = store.frame(run_ids)
@@ -373,7 +375,8 @@ def _print_results(store: Any, run_ids: Sequence[str] | None) -> None:
 
         ci = "" if r.ci95_low_us != r.ci95_low_us or r.ci95_low_us is None else \
             f"{r.ci95_low_us / 1000:.3f}-{r.ci95_high_us / 1000:.3f}"
-        rows.append((r.device, r.artifact, f"{r.runtime} {r.runtime_version or ''}".strip(), r.threads, r.status,
+        version = "" if r.runtime_version is None or pd.isna(r.runtime_version) else r.runtime_version
+        rows.append((r.device, r.artifact, f"{r.runtime} {version}".strip(), r.threads, r.status,
                      ms(r.p50_us), ms(r.p90_us), ms(r.p99_us), ci,
                      "" if r.init_ms != r.init_ms or r.init_ms is None else f"{r.init_ms:.1f}",
                      "" if r.peak_rss_mb != r.peak_rss_mb or r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",

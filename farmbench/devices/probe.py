@@ -78,7 +78,7 @@ def _probe_phone(device: DeviceConfig, report: dict[str, Any]) -> dict[str, Any]
             "model": f"{context.get('manufacturer')} {context.get('model')}",
             "soc": context.get("soc") or "unknown",
             "android": f"{context.get('release')} (SDK {context.get('sdk')})",
-            "build": context.get("build_fingerprint"),
+            "build": context.get("build_fingerprint") or "unknown",
             "abi": context.get("abi"),
             "cpu": clusters or "no cpufreq",
             "battery": f"{battery.get('capacity', '?')}% {battery.get('status', '')},"
@@ -86,6 +86,7 @@ def _probe_phone(device: DeviceConfig, report: dict[str, Any]) -> dict[str, Any]
                        else str(battery or "unknown"),
             "rooted": "yes" if context.get("rooted") else "no",
             "binary": session.binary_path or "no benchmark_model configured",
+            "onnx": session.ort_perf_test_path or "no onnxruntime_perf_test configured (ONNX files are skipped)",
         },
     })
     return report

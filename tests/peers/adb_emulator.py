@@ -89,6 +89,11 @@ DEFAULT_PROPS = {
     "ro.build.version.release": "14",
     "ro.product.cpu.abi": "arm64-v8a",
     "ro.serialno": "FARMBENCHEMU0001",
+    "ro.soc.manufacturer": "Farmbench",
+    "ro.soc.model": "FB-EMU-1",
+    "ro.board.platform": "emu",
+    "ro.hardware": "emu",
+    "ro.build.fingerprint": "farmbench/farmbench_emu/emu:14/FBEMU.261121/1:userdebug/test-keys",
 }
 
 GETPROP = """#!/bin/sh
@@ -912,8 +917,8 @@ def adb_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tests.peers.adb_emulator --port 5555 --sandbox DIR``: serve an emulated phone until Ctrl-C.
 
-    Prints the port and the host path of the benchmark_model stand-in to put in a device file (the stand-in runs
-    models with this Python's ai_edge_litert)."""
+    Prints the port and the host paths of the benchmark_model and onnxruntime_perf_test stand-ins to put in a device
+    file (they run models with this Python's ai_edge_litert and onnxruntime)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -925,9 +930,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulator = AdbEmulator(ns.sandbox, port=ns.port, auth=ns.auth)
     tools = Path(ns.sandbox).resolve().parent / (Path(ns.sandbox).name + "-tools")
     standin = install_benchmark_model(tools, "benchmark_model")
+    ort_standin = install_ort_perf_test(tools, "onnxruntime_perf_test")
     with emulator:
         print(f"emulated phone on 127.0.0.1:{emulator.port} (sandbox {emulator.sandbox})", flush=True)
         print(f"benchmark_model stand-in for the device file: {standin}", flush=True)
+        print(f"onnxruntime_perf_test stand-in for the device file: {ort_standin}", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
