@@ -228,7 +228,8 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
             session = PhoneSession(device, transport)
             session.prepare()
             device_id = store.upsert_device(session.identity(), device.name, device.kind, session.context())
-            runtimes = {"benchmark_model": session.binary_path or "not configured"}
+            runtimes = {"benchmark_model": session.binary_path or "not configured",
+                        "onnxruntime_perf_test": session.ort_perf_test_path or "not configured"}
         else:
             session = BoardSession(device, transport)
             wanted = _runtimes_to_probe(items)
