@@ -6,42 +6,17 @@ ONNX items are skipped with the reason."""
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from farmbench.results.store import ResultStore
-from tests.conftest import GRID_FLAGS, BuiltGrid, cli_command, cli_env, describe, require_module
+from tests.conftest import GRID_FLAGS, BuiltGrid, describe, require_module
 from tests.peers.benchmark_model_standin import install as install_benchmark_model
 from tests.peers.ort_perf_test_standin import install as install_ort_perf_test
+from tests.test_phone_run import QUICK, farmbench, phone_file, records
 
 pytestmark = pytest.mark.slow
-
-QUICK = ("--runs", "5", "--min-s", "0", "--max-s", "30", "--warmup-runs", "1", "--warmup-min-s", "0")
-
-
-def farmbench(*args: str | Path, cache_dir: Path, env: dict[str, str] | None = None,
-              timeout_s: float = 300) -> tuple[subprocess.CompletedProcess[str], float]:
-    started = time.monotonic()
-    proc = subprocess.run(cli_command(*args), env=cli_env(cache_dir, env), capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
-    return proc, time.monotonic() - started
-
-
-def phone_file(tmp_path: Path, port: int, *, key: Path, benchmark_model: Path | None = None,
-               ort_perf_test: Path | None = None, name: str = "phone") -> Path:
-    lines = ['kind = "adb"', 'host = "127.0.0.1"', f"port = {port}", f'key_file = "{key}"', "connect_timeout_s = 3",
-             "auth_timeout_s = 3"]
-    if benchmark_model is not None:
-        lines.append(f'benchmark_model = "{benchmark_model}"')
-    if ort_perf_test is not None:
-        lines.append(f'onnxruntime_perf_test = "{ort_perf_test}"')
-    path = tmp_path / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture
@@ -55,11 +30,6 @@ def ort_binary(tmp_path: Path) -> Path:
     the model with this machine's onnxruntime: without it the test cannot run (a failure when CI=true)."""
     require_module("onnxruntime")
     return install_ort_perf_test(tmp_path / "tools" / "onnxruntime_perf_test")
-
-
-def records(db: Path) -> list[Any]:
-    with ResultStore(db, create=False) as store:
-        return store.measurements()
 
 
 def test_onnx_variants_run_with_onnxruntime_perf_test(adb_emulator: Any, cache: Path, ort_binary: Path,
@@ -110,7 +80,7 @@ def test_onnx_variants_run_with_onnxruntime_perf_test(adb_emulator: Any, cache: 
 def test_without_the_key_onnx_is_skipped_with_the_reason(adb_emulator: Any, cache: Path, tmp_path: Path) -> None:
     emulator = adb_emulator(auth="accept-new")
     benchmark_model = install_benchmark_model(tmp_path / "tools" / "benchmark_model")
-    device = phone_file(tmp_path, emulator.port, key=tmp_path / "keys" / "adbkey", benchmark_model=benchmark_model)
+    device = phone_file(tmp_path, emulator.port, key=tmp_path / "keys" / "adbkey", binary=benchmark_model)
     db = tmp_path / "results.db"
     proc, _ = farmbench("run", *GRID_FLAGS, "--quant", "fp32", "--format", "tflite,onnx", "--device", device,
                         "--repeats", "1", *QUICK, "--db", db, "--json", cache_dir=cache)

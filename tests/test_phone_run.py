@@ -29,11 +29,15 @@ def farmbench(*args: str | Path, cache_dir: Path, env: dict[str, str] | None = N
     return proc, time.monotonic() - started
 
 
-def phone_file(tmp_path: Path, port: int, *, binary: Path | None, key: Path, name: str = "phone") -> Path:
+def phone_file(tmp_path: Path, port: int, *, key: Path, binary: Path | None = None,
+               ort_perf_test: Path | None = None, name: str = "phone") -> Path:
+    """A device file for the emulated phone; ``binary`` is benchmark_model, ``ort_perf_test`` onnxruntime_perf_test."""
     lines = ['kind = "adb"', 'host = "127.0.0.1"', f"port = {port}", f'key_file = "{key}"', "connect_timeout_s = 3",
              "auth_timeout_s = 3"]
     if binary is not None:
         lines.append(f'benchmark_model = "{binary}"')
+    if ort_perf_test is not None:
+        lines.append(f'onnxruntime_perf_test = "{ort_perf_test}"')
     path = tmp_path / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
