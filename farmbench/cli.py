@@ -344,6 +344,8 @@ class _RunProgress:
         elif kind == "device-ready":
             runtimes = ", ".join(f"{k} {v}" for k, v in event["runtimes"].items()) or "none"
             click.echo(f"[{elapsed:6.1f}s] {event['device']}: ready (runtimes: {runtimes})", err=True)
+            if event.get("telemetry"):
+                click.echo(f"[{elapsed:6.1f}s] {event['device']}: {event['telemetry']}", err=True)
         elif kind == "measured":
             self.count += 1
             record = event["record"]
@@ -466,6 +468,39 @@ def devices(probe: bool, refs: tuple[str, ...], accept_new_host_key: bool, as_js
                 click.echo(f"  error        {report['error']}")
     if any(r["status"] != "reachable" for r in reports):
         sys.exit(EXIT_FAILURE)
+
+
+@cli.command("calibrate-power", context_settings=SUBCOMMAND_CONTEXT)
+@click.argument("device_ref", metavar="DEVICE")
+@click.option("--rest-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds sampled at rest first.")
+@click.option("--busy-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds sampled under the busy loop.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Busy-loop processes [default: the device's online CPUs].")
+@click.option("--accept-new-host-key", is_flag=True, help="Record an unknown SSH host key on first contact.")
+def calibrate_power(device_ref: str, rest_s: float, busy_s: float, workers: int | None,
+                    accept_new_host_key: bool) -> None:
+    """Infer a phone battery's current/voltage units and discharge sign, and write them to its state file.
+
+    Samples the [power] source at rest, then under a busy loop on every CPU, and decides from the change: the
+    busy loop draws more, in the discharge direction; magnitudes tell mA from µA. Unplug the phone first (ADB over
+    Wi-Fi): a charger makes the battery current meaningless, and calibration refuses.
+    """
+    from farmbench.devices.config import resolve_device
+    from farmbench.runners.telemetry import calibrate_power as calibrate
+
+    device = resolve_device(device_ref)
+    outcome = calibrate(device, rest_s=rest_s, busy_s=busy_s, workers=workers,
+                        accept_new_host_key=accept_new_host_key)
+    result = outcome.result
+    click.echo(f"{outcome.device}: {result.describe()}")
+    click.echo(f"decided: current_unit = {result.current_unit}, voltage_unit = {result.voltage_unit},"
+               f" discharge_sign = {result.discharge_sign}")
+    click.echo(f"wrote {outcome.path} ({outcome.rest_s:g} s at rest, {outcome.busy_s:g} s busy on"
+               f" {outcome.workers} worker{'s' if outcome.workers != 1 else ''})")
+    if not outcome.pointed_to:
+        click.echo(f'add calibration = "{outcome.path}" to the [power] table of {device.source} to use it')
 
 
 @cli.group(context_settings=SUBCOMMAND_CONTEXT)
