@@ -352,8 +352,9 @@ def test_calibrate_power_detects_milliamps_and_an_inverted_sign_on_the_emulated_
     driver = threading.Thread(target=drive_battery, daemon=True)
     driver.start()
     try:
-        calibrated = subprocess.run(cli_command("calibrate-power", device, "--rest-s", "3", "--busy-s", "3", "--workers", "2"),
-                                    env=cli_env(None, None), capture_output=True, text=True, timeout=120, check=False)
+        command = cli_command("calibrate-power", device, "--rest-s", "3", "--busy-s", "3", "--workers", "2")
+        calibrated = subprocess.run(command, env=cli_env(None, None), capture_output=True, text=True, timeout=120,
+                                    check=False)
         assert calibrated.returncode == 0, describe(calibrated)
         state_file = tmp_path / "mi-phone.power.toml"
         state = load_calibration_state(state_file)
