@@ -382,11 +382,18 @@ def _print_results(store: Any, run_ids: Sequence[str] | None) -> None:
                      ms(r.p50_us), ms(r.p90_us), ms(r.p99_us), ci,
                      "" if r.init_ms != r.init_ms or r.init_ms is None else f"{r.init_ms:.1f}",
                      "" if r.peak_rss_mb != r.peak_rss_mb or r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
-                     _number(r.energy_per_inference_mj, "{:.3f}"), _number(r.top1_agreement, "{:.0%}"),
+                     _number(r.avg_power_mw, "{:.0f}"), _number(r.energy_per_inference_mj, "{:.3f}"),
+                     _temperatures(r.max_temp_before_c, r.max_temp_after_c), _number(r.top1_agreement, "{:.0%}"),
                      _number(r.kl_mean, "{:.4f}"), r.flags or (r.error_class or "")))
     click.echo(table(["device", "artifact", "runtime", "thr", "status", "p50 ms", "p90 ms", "p99 ms",
-                      "p50 95% CI", "init ms", "RSS MB", "mJ/inf", "top1 agr", "KL", "flags / error"], rows,
-                     right=(3, 5, 6, 7, 9, 10, 11, 12, 13)))
+                      "p50 95% CI", "init ms", "RSS MB", "mW", "mJ/inf", "temp C", "top1 agr", "KL",
+                      "flags / error"], rows, right=(3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15)))
+
+
+def _temperatures(before_c: Any, after_c: Any) -> str:
+    """The hottest watched zone before and after the run, e.g. ``41>47``; blank when neither is known."""
+    before, after = _number(before_c, "{:.0f}"), _number(after_c, "{:.0f}")
+    return f"{before or '?'}>{after or '?'}" if before or after else ""
 
 
 def _number(value: Any, pattern: str) -> str:

@@ -290,6 +290,12 @@ def test_energy_per_inference_and_the_cooldown_gate(transport: str, devices: Dev
     assert not thermal["throttled"] and "hot_before_run" not in record.flags and "throttled" not in record.flags
     assert thermal["thermalservice_before"] is None  # the emulator has no dumpsys: not an error
     assert "cooldown gate on" in proc.stderr and "power from android-battery" in proc.stderr
+    # `farmbench results` shows them: average power, energy per inference, temperatures before > after.
+    shown = subprocess.run(cli_command("results", "--db", db), env=cli_env(cache, None), capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert shown.returncode == 0, describe(shown)
+    assert f"{row['avg_power_mw']:.0f}" in shown.stdout and f"{row['energy_per_inference_mj']:.3f}" in shown.stdout
+    assert "40>40" in shown.stdout, shown.stdout
 
 
 @pytest.mark.slow
