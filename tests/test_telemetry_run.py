@@ -33,8 +33,9 @@ import pytest
 from farmbench.results.store import ResultStore
 from farmbench.runners.telemetry import WINDOW_AGENT, WINDOW_APPROXIMATE
 from farmbench.telemetry.power import integrate_held, load_calibration_state
-from tests.conftest import GRID_FLAGS, BuiltGrid, cli_command, cli_env, describe
+from tests.conftest import GRID_FLAGS, BuiltGrid, cli_command, cli_env, describe, require_module
 from tests.peers.benchmark_model_standin import install as install_benchmark_model
+from tests.peers.ort_perf_test_standin import install as install_ort_perf_test
 from tests.test_run import (
     Board,
     board,  # noqa: F401  (the module-scoped fixture, reused)
@@ -203,15 +204,17 @@ class Devices:
         self.request = request
         self.tmp = tmp_path_factory
 
-    def make(self, transport: str, tables: str) -> tuple[Path, Sysfs]:
+    def make(self, transport: str, tables: str, *, onnx: bool = False) -> tuple[Path, Sysfs]:
         directory = self.tmp.mktemp(f"{transport}-device")
         if transport == "adb":
             emulator = self.request.getfixturevalue("adb_emulator")(auth="accept-new")
             binary = install_benchmark_model(directory / "tools" / "benchmark_model")
+            ort = (f'onnxruntime_perf_test = "{install_ort_perf_test(directory / "tools" / "ort_perf_test")}"\n'
+                   if onnx else "")
             path = directory / "phone.toml"
             path.write_text(f'kind = "adb"\nhost = "127.0.0.1"\nport = {emulator.port}\n'
                             f'key_file = "{directory / "keys" / "adbkey"}"\nbenchmark_model = "{binary}"\n'
-                            f"connect_timeout_s = 5\n\n{tables}")
+                            f"{ort}connect_timeout_s = 5\n\n{tables}")
             return path, Sysfs(emulator.sandbox / "sys")
         sysfs = Sysfs(directory / "sys")
         if transport == "local":
@@ -319,6 +322,43 @@ def test_charging_and_a_zone_over_its_trip_point_are_flagged(transport: str, dev
     assert any("passive trip point 45" in reason for reason in thermal["throttle_reasons"]), thermal
     assert thermal["max_temp_before_c"] == 50.0
     assert time.monotonic() - started < 300
+
+
+@pytest.mark.slow
+def test_onnx_under_the_sampler_and_a_cooldown_gate_that_gives_up(devices: Devices, cache: Path,
+                                                                  tmp_path: Path) -> None:
+    # ONNX files on the phone (onnxruntime_perf_test, which cannot be given a minimum duration) and on this machine
+    # (the agent with ONNX Runtime), in one run, the devices in parallel. This machine's zone stays hot past the
+    # gate's max_wait_s: the measurement goes ahead, flagged.
+    require_module("onnxruntime")
+    phone, phone_sysfs = devices.make("adb", POWER_TABLE, onnx=True)
+    local, local_sysfs = devices.make("local", POWER_TABLE + "\n" + GATE_TABLE.replace("max_wait_s = 60",
+                                                                                      "max_wait_s = 0.5"))
+    phone_sysfs.lay_out()
+    local_sysfs.lay_out(temp_mc=70000)
+    db = tmp_path / "results.db"
+    args = [*GRID_FLAGS, "--quant", "fp32", "--format", "onnx", "--repeats", "1", "--no-drift", "--runs", "200",
+            "--min-s", "0", "--max-s", "30", "--warmup-runs", "1", "--warmup-min-s", "0"]
+    proc = subprocess.run(cli_command("run", *args, "--device", phone, "--device", local, "--db", db),
+                          env=cli_env(cache, None), capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, describe(proc)
+    with ResultStore(db, create=False) as store:
+        by_runtime = {record.runtime: record for record in store.measurements()}
+    on_phone, here = by_runtime["onnxruntime_perf_test"], by_runtime["onnxruntime"]
+    assert on_phone.status == "ok" and here.status == "ok", (on_phone.error_message, here.error_message)
+
+    power = on_phone.power
+    assert power is not None and power["window_source"] == WINDOW_APPROXIMATE and power["inferences"] == 200
+    assert on_phone.samples_us is not None and len(on_phone.samples_us) == 200
+    assert power["window_end_s"] - power["window_start_s"] == pytest.approx(sum(on_phone.samples_us) / 1e6)
+    assert power["average_power_mw"] == pytest.approx(LEVELS_MW[0])  # the gauge holds its first level here
+    assert "power_min_window_s" not in on_phone.config and on_phone.config["min_s"] == 0.0
+
+    assert here.power is not None and here.power["window_source"] == WINDOW_AGENT
+    assert here.power["window_end_s"] - here.power["window_start_s"] >= MIN_WINDOW_S * 0.99
+    thermal = here.thermal
+    assert thermal["timed_out"] and thermal["hot"] == ["thermal_zone0:cpu-thermal"] and thermal["waited_s"] >= 0.5
+    assert "hot_before_run" in here.flags and thermal["max_temp_before_c"] == 70.0
 
 
 @pytest.mark.slow
