@@ -18,6 +18,7 @@ detects a phone reporting mA with the current positive while discharging.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -398,6 +399,14 @@ def test_calibrate_power_detects_milliamps_and_an_inverted_sign_on_the_emulated_
     driver = threading.Thread(target=drive_battery, daemon=True)
     driver.start()
     try:
+        # On a charger the battery current does not measure the phone: calibration refuses (a device failure).
+        write_atomically(battery / "status", "Charging")
+        refused = subprocess.run(cli_command("calibrate-power", device, "--rest-s", "1.5", "--busy-s", "1.5",
+                                             "--workers", "1"),
+                                 env=cli_env(None, None), capture_output=True, text=True, timeout=120, check=False)
+        assert refused.returncode == 1 and "charging" in refused.stderr, describe(refused)
+        assert not (tmp_path / "mi-phone.power.toml").exists()
+        write_atomically(battery / "status", "Discharging")
         command = cli_command("calibrate-power", device, "--rest-s", "3", "--busy-s", "3", "--workers", "2")
         calibrated = subprocess.run(command, env=cli_env(None, None), capture_output=True, text=True, timeout=120,
                                     check=False)
@@ -433,6 +442,15 @@ def test_calibrate_power_refuses_what_it_cannot_calibrate(tmp_path: Path) -> Non
     proc = subprocess.run(cli_command("calibrate-power", rapl), env=cli_env(None, None), capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "android-battery" in proc.stderr, describe(proc)
+    with socket.socket() as probe:  # a port nothing listens on: the phone is unreachable, exit 1
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    offline = tmp_path / "offline.toml"
+    offline.write_text(f'kind = "adb"\nhost = "127.0.0.1"\nport = {port}\nconnect_timeout_s = 2\n'
+                       f'key_file = "{tmp_path / "adbkey"}"\n\n[power]\nsource = "android-battery"\n')
+    proc = subprocess.run(cli_command("calibrate-power", offline), env=cli_env(None, None), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 1 and f"127.0.0.1:{port}" in proc.stderr, describe(proc)
     broken = tmp_path / "broken.toml"
     broken.write_text('kind = "adb"\nhost = "127.0.0.1"\n\n[power]\nsource = "android-batery"\n')
     proc = subprocess.run(cli_command("calibrate-power", broken), env=cli_env(None, None), capture_output=True,
