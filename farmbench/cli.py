@@ -344,6 +344,8 @@ class _RunProgress:
         elif kind == "device-ready":
             runtimes = ", ".join(f"{k} {v}" for k, v in event["runtimes"].items()) or "none"
             click.echo(f"[{elapsed:6.1f}s] {event['device']}: ready (runtimes: {runtimes})", err=True)
+            if event.get("telemetry"):
+                click.echo(f"[{elapsed:6.1f}s] {event['device']}: {event['telemetry']}", err=True)
         elif kind == "measured":
             self.count += 1
             record = event["record"]
@@ -380,11 +382,18 @@ def _print_results(store: Any, run_ids: Sequence[str] | None) -> None:
                      ms(r.p50_us), ms(r.p90_us), ms(r.p99_us), ci,
                      "" if r.init_ms != r.init_ms or r.init_ms is None else f"{r.init_ms:.1f}",
                      "" if r.peak_rss_mb != r.peak_rss_mb or r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
-                     _number(r.energy_per_inference_mj, "{:.3f}"), _number(r.top1_agreement, "{:.0%}"),
+                     _number(r.avg_power_mw, "{:.0f}"), _number(r.energy_per_inference_mj, "{:.3f}"),
+                     _temperatures(r.max_temp_before_c, r.max_temp_after_c), _number(r.top1_agreement, "{:.0%}"),
                      _number(r.kl_mean, "{:.4f}"), r.flags or (r.error_class or "")))
     click.echo(table(["device", "artifact", "runtime", "thr", "status", "p50 ms", "p90 ms", "p99 ms",
-                      "p50 95% CI", "init ms", "RSS MB", "mJ/inf", "top1 agr", "KL", "flags / error"], rows,
-                     right=(3, 5, 6, 7, 9, 10, 11, 12, 13)))
+                      "p50 95% CI", "init ms", "RSS MB", "mW", "mJ/inf", "temp C", "top1 agr", "KL",
+                      "flags / error"], rows, right=(3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15)))
+
+
+def _temperatures(before_c: Any, after_c: Any) -> str:
+    """The hottest watched zone before and after the run, e.g. ``41>47``; blank when neither is known."""
+    before, after = _number(before_c, "{:.0f}"), _number(after_c, "{:.0f}")
+    return f"{before or '?'}>{after or '?'}" if before or after else ""
 
 
 def _number(value: Any, pattern: str) -> str:
@@ -466,6 +475,39 @@ def devices(probe: bool, refs: tuple[str, ...], accept_new_host_key: bool, as_js
                 click.echo(f"  error        {report['error']}")
     if any(r["status"] != "reachable" for r in reports):
         sys.exit(EXIT_FAILURE)
+
+
+@cli.command("calibrate-power", context_settings=SUBCOMMAND_CONTEXT)
+@click.argument("device_ref", metavar="DEVICE")
+@click.option("--rest-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds sampled at rest first.")
+@click.option("--busy-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds sampled under the busy loop.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Busy-loop processes [default: the device's online CPUs].")
+@click.option("--accept-new-host-key", is_flag=True, help="Record an unknown SSH host key on first contact.")
+def calibrate_power(device_ref: str, rest_s: float, busy_s: float, workers: int | None,
+                    accept_new_host_key: bool) -> None:
+    """Infer a phone battery's current/voltage units and discharge sign, and write them to its state file.
+
+    Samples the [power] source at rest, then under a busy loop on every CPU, and decides from the change: the
+    busy loop draws more, in the discharge direction; magnitudes tell mA from µA. Unplug the phone first (ADB over
+    Wi-Fi): a charger makes the battery current meaningless, and calibration refuses.
+    """
+    from farmbench.devices.config import resolve_device
+    from farmbench.runners.telemetry import calibrate_power as calibrate
+
+    device = resolve_device(device_ref)
+    outcome = calibrate(device, rest_s=rest_s, busy_s=busy_s, workers=workers,
+                        accept_new_host_key=accept_new_host_key)
+    result = outcome.result
+    click.echo(f"{outcome.device}: {result.describe()}")
+    click.echo(f"decided: current_unit = {result.current_unit}, voltage_unit = {result.voltage_unit},"
+               f" discharge_sign = {result.discharge_sign}")
+    click.echo(f"wrote {outcome.path} ({outcome.rest_s:g} s at rest, {outcome.busy_s:g} s busy on"
+               f" {outcome.workers} worker{'s' if outcome.workers != 1 else ''})")
+    if not outcome.pointed_to:
+        click.echo(f'add calibration = "{outcome.path}" to the [power] table of {device.source} to use it')
 
 
 @cli.group(context_settings=SUBCOMMAND_CONTEXT)

@@ -33,6 +33,14 @@ from farmbench.results.schema import MeasurementRecord
 from farmbench.results.store import ResultStore, utc_now
 from farmbench.runners.board import BoardSession, RunSpec, device_context, open_transport, record_from_document
 from farmbench.runners.phone import PhoneSession, record_from_ort_perf_test, record_from_output
+from farmbench.runners.telemetry import (
+    WINDOW_APPROXIMATE,
+    DeviceTelemetry,
+    ThermalBefore,
+    agent_window,
+    approximate_window,
+)
+from farmbench.telemetry.sampler import SamplerRun
 from farmbench.variants.build import BuildResult
 from farmbench.variants.cache import ArtifactCache
 from farmbench.variants.evalset import EvalSet, load_evalset, reference_outputs
@@ -239,7 +247,10 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
                 session.prepare([*wanted, "tensorflow"])  # the last TFLite fallback, worth its import time only now
             device_id = store.upsert_device(session.identity(), device.name, device.kind, device_context(session))
             runtimes = session.usable_runtimes()
-        notify({"event": "device-ready", "device": device.name, "runtimes": runtimes})
+        telemetry = DeviceTelemetry(device, transport)
+        telemetry.prepare()
+        notify({"event": "device-ready", "device": device.name, "runtimes": runtimes,
+                "telemetry": telemetry.describe()})
     except FarmbenchError as exc:
         # The device is unreachable or unusable: every item becomes a failed record, named after the config.
         device_id = store.upsert_device(f"{device.kind}:unreached:{device.name}", device.name, device.kind,
@@ -255,10 +266,10 @@ def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str
         for item in items:
             base = replace(_base_record(item, run_id, device_id, artifacts), started_at=utc_now())
             if isinstance(session, PhoneSession):
-                record = _measure_phone(session, item, base, artifacts[item.artifact_key], run)
+                record = _measure_phone(session, item, base, artifacts[item.artifact_key], run, telemetry)
             else:
                 record = _measure(session, item, base, session.usable_runtimes(), artifacts[item.artifact_key],
-                                  run)
+                                  run, telemetry)
             if drift_setup is not None and record.status == "ok" and item.repeat == 0:
                 record = _with_drift(session, item, record, artifacts[item.artifact_key], drift_setup, run)
             store.add_measurement(replace(record, finished_at=utc_now()))
@@ -294,10 +305,42 @@ def _with_drift(session: BoardSession | PhoneSession, item: PlanItem, record: Me
         return replace(record, drift={"error": exc.format()}, flags=[*record.flags, "drift_failed"])
 
 
+def _power_window(spec: RunSpec, telemetry: DeviceTelemetry | None) -> tuple[RunSpec, dict[str, Any]]:
+    """``spec`` with its timed phase lasting at least the power configuration's ``min_window_s`` (fuel gauges
+    update about once a second), and what the record's config says about it."""
+    window_s = telemetry.min_window_s if telemetry is not None else None
+    if window_s is None or spec.min_s >= window_s:
+        return spec, {}
+    raised = replace(spec, min_s=window_s, max_s=max(spec.max_s, window_s))
+    return raised, {"power_min_window_s": window_s, "requested_min_s": spec.min_s, "requested_max_s": spec.max_s}
+
+
+def _with_telemetry(record: MeasurementRecord, telemetry: DeviceTelemetry, before: ThermalBefore,
+                    run: SamplerRun | None, window: tuple[float, float] | None, source: str,
+                    inferences: int | None) -> MeasurementRecord:
+    ok = record.status == "ok"
+    return telemetry.after(before, run, window=window if ok else None, window_source=source,
+                           inferences=inferences if ok else None).apply(record)
+
+
+def _phone_window(record: MeasurementRecord, run: SamplerRun | None) -> tuple[tuple[float, float] | None, int | None]:
+    """The approximate timed window of a phone session and its inference count, from the record's latency."""
+    latency = record.latency
+    if latency is not None:
+        count, mean_us = latency.n, latency.mean_us
+    elif record.samples_us:
+        count, mean_us = len(record.samples_us), sum(record.samples_us) / len(record.samples_us)
+    else:
+        return None, None
+    return approximate_window(run, count, mean_us), count
+
+
 def _measure_phone(session: PhoneSession, item: PlanItem, base: MeasurementRecord, artifact: BuildResult,
-                   run: RunConfig) -> MeasurementRecord:
+                   run: RunConfig, telemetry: DeviceTelemetry | None = None) -> MeasurementRecord:
     """One session on a phone: benchmark_model for TFLite, onnxruntime_perf_test for ONNX when the device file
-    names one. Anything else is skipped with the reason."""
+    names one. Anything else is skipped with the reason. With telemetry: the cooldown gate first, the sampler
+    around the tool when power is measured (benchmark_model's min_secs raised to the power window; the ONNX tool
+    has no minimum duration), temperatures and power after."""
     if item.format == "onnx":
         if not session.ort_perf_test_path:
             return replace(base, status="skipped", error_class="missing_runtime",
@@ -309,11 +352,16 @@ def _measure_phone(session: PhoneSession, item: PlanItem, base: MeasurementRecor
         spec = replace(item.spec, runtime="onnxruntime_perf_test")
         try:
             remote = session.ensure_model(artifact.entry.model_path, str(artifact.entry.manifest["sha256"]))
-            ort_run = session.bench_onnx(remote, spec, timeout_s=run.timeout_s)
-            return record_from_ort_perf_test(ort_run, replace(base, config=spec.to_json()), artifact.entry.manifest,
-                                             session)
+            before = telemetry.before() if telemetry is not None else None
+            ort_run, sampled = session.bench_onnx_sampled(remote, spec, timeout_s=run.timeout_s, telemetry=telemetry)
+            record = record_from_ort_perf_test(ort_run, replace(base, config=spec.to_json()),
+                                               artifact.entry.manifest, session)
         except FarmbenchError as exc:
             return replace(base, config=spec.to_json()).with_error(exc)
+        if telemetry is None or before is None:
+            return record
+        window, count = _phone_window(record, sampled)
+        return _with_telemetry(record, telemetry, before, sampled, window, WINDOW_APPROXIMATE, count)
     if item.format != "tflite":
         return replace(base, status="skipped", error_class="unsupported_on_device",
                        error_message=f"{session.device.name}: phones run .tflite (benchmark_model) and .onnx"
@@ -323,13 +371,19 @@ def _measure_phone(session: PhoneSession, item: PlanItem, base: MeasurementRecor
                        error_message=f"{session.device.name}: phones run TFLite with benchmark_model (LiteRT),"
                                      f" not {item.spec.runtime}")
     assert artifact.entry is not None
-    spec = replace(item.spec, runtime="benchmark_model")
+    spec, power_config = _power_window(replace(item.spec, runtime="benchmark_model"), telemetry)
+    config = {**spec.to_json(), **power_config}
     try:
         remote = session.ensure_model(artifact.entry.model_path, str(artifact.entry.manifest["sha256"]))
-        output = session.bench(remote, spec, timeout_s=run.timeout_s)
-        return record_from_output(output, replace(base, config=spec.to_json()), artifact.entry.manifest, session)
+        before = telemetry.before() if telemetry is not None else None
+        output, sampled = session.bench_sampled(remote, spec, timeout_s=run.timeout_s, telemetry=telemetry)
+        record = record_from_output(output, replace(base, config=config), artifact.entry.manifest, session)
     except FarmbenchError as exc:
-        return replace(base, config=spec.to_json()).with_error(exc)
+        return replace(base, config=config).with_error(exc)
+    if telemetry is None or before is None:
+        return record
+    window, count = _phone_window(record, sampled)
+    return _with_telemetry(record, telemetry, before, sampled, window, WINDOW_APPROXIMATE, count)
 
 
 def _runtimes_to_probe(items: Sequence[PlanItem]) -> list[str]:
@@ -356,7 +410,10 @@ def _base_record(item: PlanItem, run_id: str, device_id: int, artifacts: dict[st
 
 
 def _measure(session: BoardSession, item: PlanItem, base: MeasurementRecord, usable: dict[str, str],
-             artifact: BuildResult, run: RunConfig) -> MeasurementRecord:
+             artifact: BuildResult, run: RunConfig, telemetry: DeviceTelemetry | None = None) -> MeasurementRecord:
+    """One agent session on a board or this machine. With telemetry: the cooldown gate first, the sampler around
+    the agent when power is measured (its timed phase raised to the power window), temperatures and power over the
+    agent's own timed window after."""
     runtime = item.spec.runtime
     candidates = TFLITE_RUNTIMES if item.format == "tflite" else ("onnxruntime",)
     if runtime == "auto":
@@ -372,13 +429,22 @@ def _measure(session: BoardSession, item: PlanItem, base: MeasurementRecord, usa
     else:
         spec = item.spec
     assert artifact.entry is not None
+    spec, power_config = _power_window(spec, telemetry)
+    config = {**spec.to_json(), **power_config}
     try:
         remote = session.ensure_model(artifact.entry.model_path, str(artifact.entry.manifest["sha256"]))
-        document = session.bench(remote, spec, timeout_s=run.timeout_s)
+        before = telemetry.before() if telemetry is not None else None
+        document, sampled = session.bench_sampled(remote, spec, timeout_s=run.timeout_s, telemetry=telemetry)
     except FarmbenchError as exc:
-        return replace(base, config=spec.to_json()).with_error(exc)
-    return record_from_document(document, replace(base, config=spec.to_json(), runtime=spec.runtime),
-                                artifact.entry.manifest, session)
+        return replace(base, config=config).with_error(exc)
+    record = record_from_document(document, replace(base, config=config, runtime=spec.runtime),
+                                  artifact.entry.manifest, session)
+    if telemetry is None or before is None:
+        return record
+    window, source = agent_window(document, sampled)
+    timed_runs = document.get("timed_runs")
+    return _with_telemetry(record, telemetry, before, sampled, window, source,
+                           timed_runs if isinstance(timed_runs, int) else None)
 
 
 def run_sweep(

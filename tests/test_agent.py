@@ -256,6 +256,10 @@ def test_bench_gives_one_latency_per_run(models: Models, fmt: str) -> None:
     assert doc["input_source"] == "random" and doc["stopped_by_max_s"] is False
     assert doc["affinity"] == sorted(os.sched_getaffinity(0))
     assert doc["start_monotonic_ns"] < doc["end_monotonic_ns"] and doc["start_unix_s"] <= doc["end_unix_s"]
+    # The timed window on CLOCK_BOOTTIME (the power sampler's clock): it holds the samples and little else.
+    timed_s = doc["timed_end_boottime_s"] - doc["timed_start_boottime_s"]
+    assert sum(doc["latencies_ns"]) / 1e9 <= timed_s <= doc["timed_wall_s"] + 0.01
+    assert doc["timed_start_boottime_s"] <= time.clock_gettime(time.CLOCK_BOOTTIME)
     assert doc["summary"]["median_ns"] == float(np.median(doc["latencies_ns"]))
     assert "stopped_by_max_s" not in doc["flags"] and "few_samples" not in doc["flags"]
     if fmt == "onnx":

@@ -8,7 +8,10 @@ A device is named on the command line or in a sweep's ``[run] devices`` as one o
 * a path to a ``.toml`` file
 
 Every key is described in ``DEVICE_FIELDS``; unknown keys, wrong types and missing fields are errors that name
-file, line and key (exit 2), like sweep files.
+file, line and key (exit 2), like sweep files. Two optional tables configure telemetry: ``[power]`` (a power source,
+see :mod:`farmbench.telemetry.power`) and ``[thermal]`` (zones and the cooldown gate, see
+:mod:`farmbench.telemetry.thermal`). An ``android-battery`` source without ``calibration`` uses the state file
+``<device file name>.power.toml`` next to the device file (what ``farmbench calibrate-power`` writes) when it exists.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from urllib.parse import urlsplit
 
 from farmbench.config import Field, TomlDocument, reject_unknown_keys, validate_table
 from farmbench.errors import ConfigError, UsageError
+from farmbench.telemetry.power import PowerConfig, load_power_table
+from farmbench.telemetry.thermal import ThermalConfig, load_thermal_table
 
 KINDS = ("local", "ssh", "adb")
 
@@ -61,7 +66,17 @@ DEVICE_FIELDS: tuple[Field, ...] = (
     Field("runtimes", "str_list", default=(),
           choices=("litert", "tflite_runtime", "tensorflow", "onnxruntime"),
           doc="runtimes allowed on this device (default: whichever import there)"),
+    # Telemetry
+    Field("sysfs_root", "str", default="/sys",
+          doc="where the device's sysfs is: power supplies, hwmon, powercap, thermal zones and cpufreq are read"
+              " under it (default /sys; a directory of files stands in for it in tests)"),
 )
+
+TELEMETRY_TABLES = ("power", "thermal")
+"""Tables of a device file beside its keys."""
+
+# Characters a sysfs root may contain: it ends up in shell globs that list zones and rails.
+_SYSFS_ROOT = re.compile(r"/[A-Za-z0-9_./+:-]*")
 
 
 @dataclass(frozen=True)
@@ -70,9 +85,15 @@ class DeviceConfig:
     kind: str
     source: str  # the file, "built-in" or the URL it came from
     values: dict[str, Any] = field(default_factory=dict)
+    power: PowerConfig | None = None  # the [power] table; None: power is not measured on this device
+    thermal: ThermalConfig | None = None  # the [thermal] table; None: defaults, and the cooldown gate only observes
 
     def get(self, key: str) -> Any:
         return self.values.get(key)
+
+    @property
+    def sysfs_root(self) -> str:
+        return str(self.values.get("sysfs_root") or "/sys").rstrip("/") or "/"
 
 
 def device_dir() -> Path:
@@ -81,8 +102,14 @@ def device_dir() -> Path:
 
 def load_device_file(path: str | Path) -> DeviceConfig:
     doc = TomlDocument.load(path)
-    reject_unknown_keys(doc, (), doc.data, [f.name for f in DEVICE_FIELDS])
-    values = validate_table(doc, (), doc.data, DEVICE_FIELDS)
+    keys = {key: value for key, value in doc.data.items() if key not in TELEMETRY_TABLES}
+    reject_unknown_keys(doc, (), doc.data, [*(f.name for f in DEVICE_FIELDS), *TELEMETRY_TABLES])
+    values = validate_table(doc, (), keys, DEVICE_FIELDS)
+    if not _SYSFS_ROOT.fullmatch(str(values["sysfs_root"])):
+        raise doc.error(f"{values['sysfs_root']!r} must be an absolute path of letters, digits and _./+:-",
+                        ("sysfs_root",), hint='e.g. sysfs_root = "/sys" (the default)')
+    power = _power_table(doc) if "power" in doc.data else None
+    thermal = load_thermal_table(doc, ("thermal",), doc.data["thermal"]) if "thermal" in doc.data else None
     kind = values["kind"]
     if kind == "adb" and bool(values.get("host")) == bool(values.get("serial")):
         raise ConfigError("an adb device needs either host (ADB over TCP) or serial (USB)", path=str(doc.path),
@@ -95,7 +122,21 @@ def load_device_file(path: str | Path) -> DeviceConfig:
         if values.get(key) is not None:
             values[key] = str(values[key])
     name = str(values.get("name") or doc.path.stem)
-    return DeviceConfig(name=name, kind=str(kind), source=str(doc.path), values=values)
+    return DeviceConfig(name=name, kind=str(kind), source=str(doc.path), values=values, power=power, thermal=thermal)
+
+
+def default_calibration_path(device_file: str | Path) -> Path:
+    """Where ``farmbench calibrate-power`` keeps a device's battery calibration unless ``[power] calibration`` says
+    otherwise: ``<name>.power.toml`` next to the device file."""
+    device_file = Path(device_file)
+    return device_file.with_name(f"{device_file.stem}.power.toml")
+
+
+def _power_table(doc: TomlDocument) -> PowerConfig:
+    table = doc.data["power"]
+    if isinstance(table, dict) and table.get("source") == "android-battery" and "calibration" not in table:
+        table = {**table, "calibration": str(default_calibration_path(doc.path).resolve())}
+    return load_power_table(doc, ("power",), table)
 
 
 _SSH_URL = re.compile(r"^ssh://")

@@ -88,8 +88,10 @@ Document fields (``bench``; null where a stage was not reached):
   warmup_runs, warmup_s, warmup_stopped_by_max_s, timed_runs, timed_wall_s, stopped_by_max_s, latencies_ns,
   summary {median_ns, mean_ns, min_ns, max_ns, stdev_ns, cv} (a convenience; the host recomputes from latencies_ns),
   rss_before_load_kib, peak_rss_after_load_kib, peak_rss_kib (getrusage ru_maxrss, KiB on every OS), affinity,
-  loadavg_before, loadavg_after, start_monotonic_ns, end_monotonic_ns, start_unix_s, end_unix_s, start_wall,
-  end_wall (ISO 8601 UTC), dump {rows, files [{path, output, shape, raw_dtype, dequantized, quant_scale,
+  loadavg_before, loadavg_after, start_monotonic_ns, end_monotonic_ns, timed_start_boottime_s,
+  timed_end_boottime_s (the timed phase's start and end on CLOCK_BOOTTIME in seconds, the clock of
+  ``/proc/uptime`` that the power sampler stamps samples with; null without that clock), start_unix_s, end_unix_s,
+  start_wall, end_wall (ISO 8601 UTC), dump {rows, files [{path, output, shape, raw_dtype, dequantized, quant_scale,
   quant_zero_point}]}.
 ``probe``: schema_version, agent_version, mode, status, hostname, python_*, platform {system, release, version,
   machine, libc}, arch, os_release, cpu {model, hardware, board_model, arm_parts}, logical_cores, affinity,
@@ -100,7 +102,8 @@ Document fields (``bench``; null where a stage was not reached):
   built for numpy 1.x under numpy 2, read from its extension module).
 
 Document format history (bump SCHEMA_VERSION on any change a reader must know about):
-  1 -- first version.
+  1 -- first version. Fields added since, without a version change (readers ignore what they do not know):
+       timed_start_boottime_s and timed_end_boottime_s.
 """
 
 # This file runs on boards with Python 3.8: typing.List/Dict/Optional, no str.removesuffix, no datetime.UTC.
@@ -317,6 +320,18 @@ def _loadavg() -> Optional[List[float]]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
+        return None
+
+
+def _boottime_s() -> Optional[float]:
+    """CLOCK_BOOTTIME in seconds (the clock of /proc/uptime, which the power sampler stamps its samples with), or
+    None where the platform has no such clock (not Linux)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock is None:
+        return None
+    try:
+        return time.clock_gettime(clock)
+    except OSError:
         return None
 
 
@@ -875,6 +890,7 @@ def _empty_bench_document(args: argparse.Namespace) -> Dict[str, Any]:
         "rss_before_load_kib": None, "peak_rss_after_load_kib": None, "peak_rss_kib": None,
         "affinity": None, "loadavg_before": _loadavg(), "loadavg_after": None,
         "start_monotonic_ns": time.monotonic_ns(), "end_monotonic_ns": None,
+        "timed_start_boottime_s": None, "timed_end_boottime_s": None,
         "start_unix_s": time.time(), "end_unix_s": None, "start_wall": None, "end_wall": None,
         "dump": None,
     })
@@ -1054,9 +1070,13 @@ def _bench(args: argparse.Namespace, document: Dict[str, Any], state: Dict[str, 
         flags.append("warmup_stopped_by_max_s")
 
     state["stage"] = "timed"
+    timed_start_boottime_s = _boottime_s()
     latencies, wall_ns, stopped = run_loop(model.invoke, set_row, len(rows), args.runs, int(args.min_s * 1e9),
                                            max_ns)
+    timed_end_boottime_s = _boottime_s()
     gc.enable()
+    document.update({"timed_start_boottime_s": timed_start_boottime_s,
+                     "timed_end_boottime_s": timed_end_boottime_s})
     document["peak_rss_kib"] = _peak_rss_kib()
     summary = _summary(latencies)
     document.update({"timed_runs": len(latencies), "timed_wall_s": wall_ns / 1e9, "stopped_by_max_s": stopped,

@@ -22,7 +22,9 @@ import numpy as np
 from farmbench.devices.config import DeviceConfig
 from farmbench.errors import RunnerError
 from farmbench.results.schema import MeasurementRecord
-from farmbench.transports.base import Deadline, Transport
+from farmbench.runners.telemetry import DeviceTelemetry, run_sampled
+from farmbench.telemetry.sampler import SamplerRun
+from farmbench.transports.base import Completed, Deadline, Transport
 from farmbench.variants.inspect import ModelFacts
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
@@ -150,7 +152,15 @@ class BoardSession:
         return self._pushed[sha256]
 
     def bench(self, remote_model: str, spec: RunSpec, *, timeout_s: float) -> dict[str, Any]:
-        return self._agent(["bench", "--model", remote_model, *spec.agent_args()], timeout_s=timeout_s)
+        return self.bench_sampled(remote_model, spec, timeout_s=timeout_s)[0]
+
+    def bench_sampled(self, remote_model: str, spec: RunSpec, *, timeout_s: float,
+                      telemetry: DeviceTelemetry | None = None) -> tuple[dict[str, Any], SamplerRun | None]:
+        """One agent ``bench`` session; when ``telemetry`` measures power, under the sampler (its idle baseline
+        first). The agent's document reports its timed phase on CLOCK_BOOTTIME, the sampler's clock."""
+        argv = [self.python, self.agent_path, "bench", "--model", remote_model, *spec.agent_args()]
+        completed, run = run_sampled(self.transport, argv, telemetry, timeout_s=timeout_s)
+        return self._document(completed), run
 
     def outputs(self, remote_model: str, spec: RunSpec, facts: ModelFacts, samples: np.ndarray, *,
                 timeout_s: float) -> np.ndarray:
@@ -186,7 +196,9 @@ class BoardSession:
         return outputs
 
     def _agent(self, args: list[str], *, timeout_s: float) -> dict[str, Any]:
-        completed = self.transport.run([self.python, self.agent_path, *args], timeout_s=timeout_s)
+        return self._document(self.transport.run([self.python, self.agent_path, *args], timeout_s=timeout_s))
+
+    def _document(self, completed: Completed) -> dict[str, Any]:
         try:
             document = json.loads(completed.stdout)
         except ValueError:

@@ -35,7 +35,9 @@ from farmbench.runners.ort_perf_test import (
     parse_run,
     provider_flag,
 )
+from farmbench.runners.telemetry import DeviceTelemetry, run_sampled
 from farmbench.runners.tensor_io import input_bytes, split_outputs
+from farmbench.telemetry.sampler import SamplerRun
 from farmbench.transports.base import Deadline, Transport
 from farmbench.variants.inspect import ModelFacts
 
@@ -118,6 +120,12 @@ class PhoneSession:
         return self._pushed[sha256]
 
     def bench(self, remote_model: str, spec: RunSpec, *, timeout_s: float) -> str:
+        return self.bench_sampled(remote_model, spec, timeout_s=timeout_s)[0]
+
+    def bench_sampled(self, remote_model: str, spec: RunSpec, *, timeout_s: float,
+                      telemetry: DeviceTelemetry | None = None) -> tuple[str, SamplerRun | None]:
+        """One benchmark_model session (its output, stdout then stderr); when ``telemetry`` measures power, under
+        the sampler, whose lines are taken out of the output."""
         if not self.binary_path:
             raise RunnerError(f"device {self.device.name}: no benchmark_model binary configured",
                               hint='set benchmark_model = "/path/to/benchmark_model" in the device file')
@@ -131,8 +139,8 @@ class PhoneSession:
             clusters = [(c["cpus"], c["max_freq_khz"]) for c in self.probe.get("cpu_clusters", [])]
             mask = cpu_mask(spec.affinity, clusters)
         argv = benchmark_model_argv(self.binary_path, config, taskset_mask=mask)
-        completed = self.transport.run(argv, timeout_s=timeout_s)
-        return completed.stdout + completed.stderr
+        completed, run = run_sampled(self.transport, argv, telemetry, timeout_s=timeout_s)
+        return completed.stdout + completed.stderr, run
 
     def output_tensors(self, remote_model: str, facts: ModelFacts, samples: np.ndarray, *, threads: int = 1,
                        xnnpack: bool | None = None, timeout_s: float) -> list[np.ndarray]:
@@ -188,11 +196,16 @@ class PhoneSession:
         return [np.concatenate(arrays, axis=0) for arrays in per_output]
 
     def bench_onnx(self, remote_model: str, spec: RunSpec, *, timeout_s: float) -> OrtPerfTestRun:
+        return self.bench_onnx_sampled(remote_model, spec, timeout_s=timeout_s)[0]
+
+    def bench_onnx_sampled(self, remote_model: str, spec: RunSpec, *, timeout_s: float,
+                           telemetry: DeviceTelemetry | None = None) -> tuple[OrtPerfTestRun, SamplerRun | None]:
         """One onnxruntime_perf_test session: ``spec.runs`` timed runs (``-m times -r``) after the tool's single
         warm-up, ``-x threads``, ``-e``/``-o`` from the spec's ONNX Runtime provider and optimisation level, generated
         inputs (``-I``), statistics (``-s``), pinned with the same ``taskset`` mask as benchmark_model. The per-run
         result file is read back and deleted. The tool cannot honour warm-up counts, min_s or max_s (see
-        :func:`ort_protocol`); ``timeout_s`` bounds the whole session."""
+        :func:`ort_protocol`); ``timeout_s`` bounds the whole session. With ``telemetry`` measuring power, the tool
+        runs under the sampler (reading the result file back does not)."""
         if not self.ort_perf_test_path:
             raise RunnerError(f"device {self.device.name}: no onnxruntime_perf_test binary configured",
                               hint='set onnxruntime_perf_test = "/path/to/onnxruntime_perf_test" in the device file')
@@ -211,13 +224,13 @@ class PhoneSession:
         argv = ort_perf_test_argv(self.ort_perf_test_path, config, taskset_mask=mask)
         try:
             self.transport.remove([result_file], timeout_s=30.0)
-            completed = self.transport.run(argv, timeout_s=timeout_s)
+            completed, run = run_sampled(self.transport, argv, telemetry, timeout_s=timeout_s)
             read = self.transport.run(["cat", result_file], timeout_s=30.0)
         finally:
             with contextlib.suppress(FarmbenchError):
                 self.transport.remove([result_file], timeout_s=30.0)
         return OrtPerfTestRun(output=completed.stdout + completed.stderr, exit_code=completed.rc,
-                              result_file=read.stdout if read.rc == 0 else None, argv=tuple(argv))
+                              result_file=read.stdout if read.rc == 0 else None, argv=tuple(argv)), run
 
     def close(self) -> None:
         self.transport.close()
