@@ -308,9 +308,10 @@ def test_v1_database_is_migrated(tmp_path: Path) -> None:
     old.close()
 
     with ResultStore(db) as migrated:
-        assert migrated.schema_version() == SCHEMA_VERSION == 3
+        assert migrated.schema_version() == SCHEMA_VERSION == 4
         conn = sqlite3.connect(db)
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert conn.execute("SELECT count(*) FROM outputs").fetchone() == (0,)
         conn.close()
         assert {"measurements_by_run_plan", "measurements_by_device_artifact", "runs_by_sweep"} <= indexes
         [record] = migrated.measurements()
