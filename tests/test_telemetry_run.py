@@ -290,7 +290,8 @@ def test_energy_per_inference_and_the_cooldown_gate(transport: str, devices: Dev
     assert thermal is not None and thermal["gate"] == "on" and not thermal["errors"], thermal
     (zone,) = thermal["zones"].values()
     assert zone["gate_start_c"] == 70.0 and zone["before_c"] == 40.0 and zone["after_c"] == 40.0, thermal
-    assert thermal["waited_s"] >= 0.5 and not thermal["timed_out"] and thermal["polls"] >= 3
+    # At least one hot reading and the cool one; how many polls fit in the wait depends on the machine's load.
+    assert thermal["waited_s"] >= 0.5 and not thermal["timed_out"] and thermal["polls"] >= 2
     assert row["max_temp_before_c"] == 40.0 and row["max_temp_after_c"] == 40.0
     assert not thermal["throttled"] and "hot_before_run" not in record.flags and "throttled" not in record.flags
     assert thermal["thermalservice_before"] is None  # the emulator has no dumpsys: not an error
