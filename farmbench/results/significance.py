@@ -1,10 +1,12 @@
 """Significance tests for regression checks, without SciPy (farmbench does not depend on it, and pulls it in
 through no dependency; these two tests are small enough to own and to check against published values).
 
-* :func:`mann_whitney_u` -- two-sided Mann-Whitney U (Wilcoxon rank-sum) test. Exact null distribution when both
-  samples are small (<= ``EXACT_MAX_N``) and have no ties; otherwise the normal approximation with the tie
-  correction of the variance and a continuity correction of 1/2 (as SciPy's ``method="asymptotic"``,
-  ``use_continuity=True``). ``min_p_value`` says the smallest p a test of those sizes can give: with 3 sessions
+* :func:`mann_whitney_u` -- two-sided Mann-Whitney U (Wilcoxon rank-sum) test. When both samples are small
+  (<= ``EXACT_MAX_N``) the exact permutation distribution of the rank sum (with mid-ranks, so ties are exact too;
+  without ties it is the classical exact distribution, SciPy's ``method="exact"``); otherwise the normal
+  approximation with the tie correction of the variance and a continuity correction of 1/2 (SciPy's
+  ``method="asymptotic"``, ``use_continuity=True``). Session values (a few per side, ties possible after rounding)
+  are where exactness matters: the normal approximation is conservative there. ``min_p_value`` says the smallest p a test of those sizes can give: with 3 sessions
   against 3 it is 0.1, so such a test can never reach alpha = 0.01, and the check says so instead of pretending.
 * :func:`student_t_two_sided_p` -- the two-sided tail probability of Student's t, via the regularised incomplete
   beta function (continued fraction, Numerical Recipes 6.4), for the session-level guard in
@@ -19,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Exact distribution up to 20 per side (the q-binomial polynomial has m*n + 1 <= 401 coefficients); beyond that the
-# normal approximation is within ~1e-3 of it, far below anything a verdict depends on.
+# Exact distribution up to 20 per side (a table of at most 21 x 1641 counts); beyond that the normal approximation
+# is within ~1e-3 of it, far below anything a verdict depends on.
 EXACT_MAX_N = 20
 
 
@@ -53,7 +55,8 @@ def _rankdata(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _exact_u_counts(m: int, n: int) -> list[int]:
     """Number of orderings of m x's and n y's giving each U = 0 .. m*n: the coefficients of the Gaussian binomial
-    [m+n choose m]_q = prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i), built by exact integer polynomial arithmetic."""
+    [m+n choose m]_q = prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i), built by exact integer polynomial arithmetic.
+    (The tie-free case of :func:`_exact_rank_sum_counts`; kept as its independent check.)"""
     size = m * n + 1
     poly = [0] * size
     poly[0] = 1
@@ -66,6 +69,22 @@ def _exact_u_counts(m: int, n: int) -> list[int]:
         for k in range(i, size):
             poly[k] += poly[k - i]
     return poly
+
+
+def _exact_rank_sum_counts(doubled_ranks: Sequence[int], m: int) -> list[int]:
+    """For each value s, the number of ways to choose m of the (doubled, so integral) mid-ranks with sum s: the
+    exact permutation distribution of the rank sum, ties included."""
+    total = sum(doubled_ranks)
+    # table[k][s]: ways to pick k of the ranks seen so far with doubled sum s
+    table = [[0] * (total + 1) for _ in range(m + 1)]
+    table[0][0] = 1
+    for weight in doubled_ranks:
+        for k in range(m, 0, -1):
+            row, previous = table[k], table[k - 1]
+            for total_s in range(total, weight - 1, -1):
+                if previous[total_s - weight]:
+                    row[total_s] += previous[total_s - weight]
+    return table[m]
 
 
 def mann_whitney_u(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> MannWhitneyResult:
@@ -83,13 +102,16 @@ def mann_whitney_u(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndar
     # log-space: comb(m + n, m) overflows a float from a few hundred values on
     log_comb = math.lgamma(m + n + 1) - math.lgamma(m + 1) - math.lgamma(n + 1)
     min_p = min(1.0, 2.0 * math.exp(-log_comb))
-    has_ties = bool(np.any(tie_counts > 1))
-    if max(m, n) <= EXACT_MAX_N and not has_ties:
-        counts = _exact_u_counts(m, n)
+    if max(m, n) <= EXACT_MAX_N:
+        # Exact permutation distribution of the rank sum (mid-ranks for ties): symmetric about its mean, so the
+        # two-sided p is twice the smaller tail.
+        doubled = [round(2 * r) for r in ranks]
+        counts = _exact_rank_sum_counts(doubled, m)
+        observed = sum(doubled[:m])
         total = math.comb(m + n, m)
-        tail_u = round(min(u, mn - u))
-        p = 2.0 * sum(counts[: tail_u + 1]) / total
-        return MannWhitneyResult(u, min(1.0, p), "exact", m, n, min_p)
+        lower = sum(counts[: observed + 1]) / total
+        upper = sum(counts[observed:]) / total
+        return MannWhitneyResult(u, min(1.0, 2.0 * min(lower, upper)), "exact", m, n, min_p)
     big_n = m + n
     tie_term = float(np.sum(tie_counts.astype(np.float64) ** 3 - tie_counts)) / (big_n * (big_n - 1))
     variance = mn / 12.0 * ((big_n + 1) - tie_term)
