@@ -472,8 +472,9 @@ def check(baseline_ref: str, candidate_ref: str, sweep_path: Path | None, alpha:
     """Compare a run with a baseline and fail on regressions (exit 3; 0 when clean, 1 a device failed, 2 usage).
 
     Matches measurements by device, variant and runtime configuration. Latency regresses when Mann-Whitney U on the
-    raw samples and a test of the session medians both give p < alpha, and the median moved more than the
-    threshold and the floor; energy per inference and top-1 agreement with fp32 have their own thresholds.
+    raw samples gives p < alpha, the median moved more than the threshold and the floor, and the session medians
+    show a change beyond the threshold (a t-test against it, p < alpha); energy per inference and top-1 agreement
+    with fp32 have their own thresholds.
     Measurements whose context differs (runtime version, OS build, threads, delegate...) are refused, naming the
     field. Improvements are reported too.
 

@@ -51,7 +51,7 @@ def _change(result: MetricResult) -> str:
 
 
 def _p(result: MetricResult) -> str:
-    parts = [f"{p:.2g}" for p in (result.p_value, result.session_p_value) if p is not None]
+    parts = ["<1e-99" if p < 1e-99 else f"{p:.2g}" for p in (result.p_value, result.session_p_value) if p is not None]
     return " / ".join(parts)
 
 
@@ -135,8 +135,9 @@ def markdown_summary(comparison: Comparison) -> str:
     if unchanged:
         lines += [f"<details><summary>{len(unchanged)} unchanged</summary>", ""] + _md_table(unchanged)
         lines += ["", "</details>", ""]
-    lines.append(f"Thresholds: {thresholds_line(comparison)}. Latency needs Mann-Whitney U on raw samples"
-                 " and agreement between sessions, both below alpha; see `farmbench check --help`.")
+    lines.append(f"Thresholds: {thresholds_line(comparison)}. A latency change also needs Mann-Whitney U on the raw"
+                 " samples below alpha and the sessions to show a change beyond the threshold (session p below"
+                 " alpha); see `farmbench check --help`.")
     return "\n".join(lines) + "\n"
 
 

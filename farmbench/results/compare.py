@@ -299,8 +299,9 @@ class Comparison:
 # Statistics over plain numbers
 
 
-def _fmt_p(p: float) -> str:
-    return "<1e-99" if p < 1e-99 else f"{p:.2g}"
+def _fmt_p(p: float, name: str = "p") -> str:
+    """``p=0.0031``, or ``p<1e-99`` for what a float shows as 0 or 1e-300."""
+    return f"{name}<1e-99" if p < 1e-99 else f"{name}={p:.2g}"
 
 
 def sessions_needed(alpha: float) -> int:
@@ -342,16 +343,16 @@ def _judge(baseline: float, candidate: float, p_value: float, relevance_p: float
     delta = candidate - baseline
     pct = delta / baseline * 100.0 if baseline else math.inf
     size = f"{pct:+.1f}%, {delta:+.4g} {unit}"
-    tests = f"p={_fmt_p(p_value)}" + ("" if relevance_p is None else f", session p={_fmt_p(relevance_p)}")
+    tests = _fmt_p(p_value) + ("" if relevance_p is None else f", {_fmt_p(relevance_p, 'session p')}")
     if p_value >= alpha:
-        return UNCHANGED, f"not significant: p={_fmt_p(p_value)} >= {alpha:g} ({size})"
+        return UNCHANGED, f"not significant: {_fmt_p(p_value)} >= {alpha:g} ({size})"
     if abs(pct) <= threshold_pct:
         return UNCHANGED, f"{size}: within the {threshold_pct:g}% threshold ({tests})"
     if abs(delta) <= floor:
         return UNCHANGED, f"{size}: within the {floor:g} {unit} floor ({tests})"
     if relevance_p is not None and relevance_p >= alpha:
         return UNCHANGED, (f"{size}, but the sessions do not show a change beyond the threshold: session"
-                           f" p={_fmt_p(relevance_p)} >= {alpha:g} (session-to-session noise)")
+                           f" {_fmt_p(relevance_p, 'p')} >= {alpha:g} (session-to-session noise)")
     return (REGRESSION if delta > 0 else IMPROVEMENT), f"{size} ({tests})"
 
 
