@@ -489,9 +489,7 @@ def check(baseline_ref: str, candidate_ref: str, sweep_path: Path | None, alpha:
     from farmbench.results.compare import compare_runs, resolve_baseline, resolve_candidate
     from farmbench.results.store import ResultStore
 
-    sweep = config.load_sweep(sweep_path) if sweep_path is not None else config.Sweep(
-        name="command-line", path=None, variants=config.default_sweep().variants, sha256="")
-    sweep = config.merge_check_overrides(sweep, {
+    thresholds = config.check_thresholds(sweep_path, {
         "alpha": alpha, "latency_threshold_pct": latency_threshold_pct, "latency_floor_us": latency_floor_us,
         "energy_threshold_pct": energy_threshold_pct, "energy_floor_mj": energy_floor_mj,
         "drift_top1_points": drift_top1_points})
@@ -503,7 +501,7 @@ def check(baseline_ref: str, candidate_ref: str, sweep_path: Path | None, alpha:
 
             raise UsageError(f"baseline and candidate are the same run ({candidate.id}, {how})",
                              hint="name another baseline, or check a newer run")
-        comparison = compare_runs(store, baseline.id, candidate.id, sweep.check, baseline_ref=how)
+        comparison = compare_runs(store, baseline.id, candidate.id, thresholds, baseline_ref=how)
     for path, text in ((markdown_path, markdown_summary), (junit_path, junit_xml)):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

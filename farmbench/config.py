@@ -618,15 +618,16 @@ def default_check_config() -> Thresholds:
     return _check_config(doc, (), validate_table(doc, (), {}, CHECK_FIELDS))
 
 
-def merge_check_overrides(sweep: Sweep, overrides: Mapping[str, object]) -> Sweep:
-    """``sweep`` with the [check] keys given on the command line (those not None) replaced, re-validated."""
+def check_thresholds(sweep_path: str | Path | None, overrides: Mapping[str, object]) -> Thresholds:
+    """The regression check's thresholds: the [check] table of the sweep file at ``sweep_path`` (defaults without
+    one), with the keys given on the command line (those not None) replaced, re-validated."""
+    base = load_sweep(sweep_path).check if sweep_path is not None else default_check_config()
     given = {key: value for key, value in overrides.items() if value is not None}
     if not given:
-        return sweep
+        return base
     doc = TomlDocument.from_string("", COMMAND_LINE)
-    current = {f.name: getattr(sweep.check, f.name) for f in CHECK_FIELDS}
-    return dataclasses.replace(sweep, check=_check_config(doc, (), validate_table(doc, (), {**current, **given},
-                                                                                   CHECK_FIELDS)))
+    current = {f.name: getattr(base, f.name) for f in CHECK_FIELDS}
+    return _check_config(doc, (), validate_table(doc, (), {**current, **given}, CHECK_FIELDS))
 
 
 def default_run_config() -> RunConfig:
