@@ -95,9 +95,17 @@ class TransportError(FarmbenchError):
 
 
 class HostKeyError(TransportError):
-    """An SSH host key is unknown or does not match known_hosts. Never retried."""
+    """An SSH host key is unknown or does not match known_hosts, or known_hosts cannot be read. Never retried."""
 
     transient = False
+
+
+class UnknownHostKeyError(HostKeyError):
+    """The board's host key is not in known_hosts (first contact without the opt-in)."""
+
+
+class ChangedHostKeyError(HostKeyError):
+    """The board presented a host key other than the one known_hosts holds for it. Always refused."""
 
 
 class AuthError(TransportError):
@@ -108,6 +116,10 @@ class AuthError(TransportError):
 
 class ConnectError(TransportError):
     """The device could not be reached: refused, no route, unknown name, no answer, or not speaking SSH."""
+
+
+class DeviceBusyError(ConnectError):
+    """The device is held by another program (a USB phone claimed by a running adb server)."""
 
 
 class CommandTimeoutError(TransportError):

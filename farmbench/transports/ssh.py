@@ -20,7 +20,6 @@ import math
 import os
 import select
 import socket
-import stat
 import threading
 import urllib.parse
 from collections.abc import Sequence
@@ -32,14 +31,17 @@ import paramiko
 
 from farmbench.errors import (
     AuthError,
+    ChangedHostKeyError,
     CommandTimeoutError,
     ConfigError,
     ConnectError,
     HostKeyError,
     TransferTimeoutError,
     TransportError,
+    UnknownHostKeyError,
 )
 from farmbench.transports.base import KILL_AFTER_S, Completed, Deadline, Transport, partial_name, tail
+from farmbench.transports.keyfiles import warn_if_loose
 from farmbench.transports.quoting import join
 
 _log = logging.getLogger(__name__)
@@ -62,8 +64,6 @@ _LOCAL_BACKSTOP_S = KILL_AFTER_S + 3.0
 # Keys paramiko's look_for_keys tries in ~/.ssh, for messages and the permission check.
 _DEFAULT_KEY_NAMES = ("id_rsa", "id_ecdsa", "id_ed25519")
 
-_warned_key_files: set[Path] = set()
-
 
 @dataclass(frozen=True)
 class SshTarget:
@@ -75,6 +75,8 @@ class SshTarget:
     key_file: Path | None = None
     # Held in memory for the connection only: never logged, printed (repr=False) or written anywhere.
     password: str | None = field(default=None, repr=False, compare=False)
+    # Decrypts an encrypted key_file (paramiko tries ``password`` when this is not set). Same rules as password.
+    passphrase: str | None = field(default=None, repr=False, compare=False)
     known_hosts: Path = Path("~/.ssh/known_hosts")
     accept_new_host_key: bool = False
     ssh_config: Path | None = Path("~/.ssh/config")
@@ -232,18 +234,6 @@ def _record_host_key(path: Path, name: str, key: paramiko.PKey, *, hashed: bool)
     _log.warning("recorded new host key for %s (%s) in %s", name, _describe_key(key), path)
 
 
-def _warn_if_key_readable(path: Path) -> None:
-    """OpenSSH refuses private keys other users can read; paramiko uses them silently. Say so once per file."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO) and path not in _warned_key_files:
-        _warned_key_files.add(path)
-        _log.warning("private key %s is accessible by other users (mode %o); OpenSSH would refuse it. "
-                     "Run: chmod 600 %s", path, stat.S_IMODE(mode), path)
-
-
 def _default_key_files() -> list[Path]:
     ssh_dir = Path("~/.ssh").expanduser()
     return [ssh_dir / name for name in _DEFAULT_KEY_NAMES if (ssh_dir / name).is_file()]
@@ -308,7 +298,8 @@ class SshTransport(Transport):
             self._connect(_jump_target(nearest, earlier, target), hops_left=hops_left - 1)
             via = self._clients[-1]
         for key_file in (*endpoint.key_files, *_default_key_files()):
-            _warn_if_key_readable(key_file)
+            # OpenSSH refuses private keys other users can read; paramiko uses them silently.
+            warn_if_loose(key_file, "SSH private key")
         client = self._handshake(target, endpoint, via)
         if client is None:  # first contact, opted in: the key is now in known_hosts; verify it like any other
             client = self._handshake(target, endpoint, via, recorded_just_now=True)
@@ -337,7 +328,7 @@ class SshTransport(Transport):
         try:
             client.connect(
                 endpoint.hostname, port=endpoint.port, username=endpoint.user,
-                password=target.password,
+                password=target.password, passphrase=target.passphrase,
                 key_filename=[str(p) for p in endpoint.key_files] or None,
                 allow_agent=True, look_for_keys=True,
                 sock=sock, timeout=timeout_s, banner_timeout=timeout_s, auth_timeout=timeout_s,
@@ -358,7 +349,7 @@ class SshTransport(Transport):
                          err: Exception) -> TransportError:
         """The farmbench error (with what to do next) for an exception from paramiko's connect()."""
         if isinstance(err, _UnknownHostKey):
-            return HostKeyError(
+            return UnknownHostKeyError(
                 f"host key for {endpoint.host_port} is not known (fingerprint {_describe_key(err.key)}); "
                 f"not in {known_hosts}",
                 hint="if this is your board (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on "
@@ -366,7 +357,7 @@ class SshTransport(Transport):
                      f"or add it yourself: ssh-keyscan -p {endpoint.port} {endpoint.hostname} >> {known_hosts}",
             )
         if isinstance(err, paramiko.BadHostKeyException):
-            return HostKeyError(
+            return ChangedHostKeyError(
                 f"host key for {endpoint.host_port} does NOT match {known_hosts}: the host presented "
                 f"{_describe_key(err.key)}, known_hosts has {_describe_key(err.expected_key)}. "
                 "Refused (also with accept_new_host_key).",
