@@ -549,6 +549,34 @@ def _probe_devices(configs: Sequence[Any], accept_new_host_key: bool, as_json: b
         sys.exit(EXIT_FAILURE)
 
 
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
+@click.option("--quick", is_flag=True, help="Do not import runtimes and converters (TensorFlow takes ~10 s); "
+                                            "read their versions from package metadata only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON on stdout.")
+@db_option
+@cache_dir_option
+def doctor(quick: bool, as_json: bool, db_path: Path | None, cache_dir: Path | None) -> None:
+    """Check this machine: Python, runtimes, converters, ADB and SSH keys, ssh-agent, disk, the results database and
+    the device files. Each finding is ok, warn or fail, with the fix. Exit 1 when anything fails."""
+    from farmbench.doctor import run_checks, summary
+
+    checks = run_checks(cache_dir=cache_dir, db_path=db_path, quick=quick)
+    warnings, failures = summary(checks)
+    if as_json:
+        click.echo(json.dumps({"checks": [c.to_json() for c in checks], "warnings": warnings, "failures": failures},
+                              indent=2))
+    else:
+        width = max(len(c.name) for c in checks)
+        for check in checks:
+            click.echo(f"{check.status:<4}  {check.name:<{width}}  {check.detail}")
+            if check.fix and check.status != "ok":
+                click.echo(f"{'':<4}  {'':<{width}}  fix: {check.fix}")
+        click.echo(f"\n{len(checks)} checks: {warnings} warning{'s' if warnings != 1 else ''}, "
+                   f"{failures} failure{'s' if failures != 1 else ''}")
+    if failures:
+        sys.exit(EXIT_FAILURE)
+
+
 @cli.command("calibrate-power", context_settings=SUBCOMMAND_CONTEXT)
 @click.argument("device_ref", metavar="DEVICE")
 @click.option("--rest-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
