@@ -234,6 +234,28 @@ def _record_host_key(path: Path, name: str, key: paramiko.PKey, *, hashed: bool)
     _log.warning("recorded new host key for %s (%s) in %s", name, _describe_key(key), path)
 
 
+def _locked_key_files(endpoint: _Endpoint, target: SshTarget) -> list[tuple[Path, str]]:
+    """The configured key files that are encrypted and that the given passphrase (or password, which paramiko also
+    tries) does not open, with why: after a refusal, these explain it better than "authentication failed"."""
+    secret = target.passphrase if target.passphrase is not None else target.password
+    locked = []
+    for path in endpoint.key_files:
+        try:
+            paramiko.PKey.from_path(path)
+            continue  # not encrypted
+        except Exception as err:  # noqa: BLE001 - paramiko and cryptography raise TypeError, ValueError, SSHException
+            if "password" not in str(err).lower():
+                continue  # unreadable or an unknown type: the refusal itself is the better report
+        if secret is None:
+            locked.append((path, "no key_passphrase is set"))
+            continue
+        try:
+            paramiko.PKey.from_path(path, secret.encode())
+        except Exception:  # noqa: BLE001 - any failure to decrypt with this secret
+            locked.append((path, "key_passphrase does not decrypt it"))
+    return locked
+
+
 def _default_key_files() -> list[Path]:
     ssh_dir = Path("~/.ssh").expanduser()
     return [ssh_dir / name for name in _DEFAULT_KEY_NAMES if (ssh_dir / name).is_file()]
@@ -365,6 +387,12 @@ class SshTransport(Transport):
                      f"`ssh-keygen -R '{endpoint.known_hosts_name}' -f {known_hosts}` and connect again; "
                      "otherwise something may be intercepting the connection",
             )
+        if isinstance(err, paramiko.AuthenticationException) and (locked := _locked_key_files(endpoint, target)):
+            path, why = locked[0]
+            return AuthError(
+                f"{endpoint.address}: cannot use key file {path}: it is encrypted and {why}",
+                hint="set key_passphrase in the device file to the key's passphrase, or load the key into ssh-agent "
+                     f"(ssh-add {path}) and leave key_passphrase out")
         if isinstance(err, paramiko.AuthenticationException):
             return AuthError(
                 f"{endpoint.address} refused authentication ({err}); tried: "
