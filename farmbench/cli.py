@@ -508,7 +508,7 @@ def devices(probe: bool, check: bool, refs: tuple[str, ...], timeout_s: float, a
         click.echo(json.dumps([h.to_json() for h in checked], indent=2))
     else:
         click.echo(table(["device", "kind", "address", "status", "battery", "hottest zone", "detail"],
-                         [(h.name, h.kind, h.address, h.status, _battery_cell(h), _zone_cell(h), h.reason)
+                         [(h.name, h.kind, h.address, h.status, _battery_cell(h), _zone_cell(h), _cut(h.reason, 80))
                           for h in checked]))
         for health in checked:
             if not health.online:
@@ -519,6 +519,10 @@ def devices(probe: bool, check: bool, refs: tuple[str, ...], timeout_s: float, a
                     click.echo(f"  hint: {health.hint}")
     if not all(h.online for h in checked):
         sys.exit(EXIT_FAILURE)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _battery_cell(health: Any) -> str:

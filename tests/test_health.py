@@ -400,3 +400,22 @@ def test_phone_without_readable_power_supply_falls_back_to_dumpsys(adb_emulator:
     dumpsys.chmod(0o755)
     health = check_device(load_device_file(phone_file(tmp_path, "phone", emulator.port, adb_key)))
     assert (health.battery_percent, health.battery_status, health.battery_temp_c) == (73, "Charging", 28.5)
+
+
+def test_a_port_that_answers_but_not_in_adb_is_offline_with_the_reason(adb_key: Path, tmp_path: Path) -> None:
+    with socket.socket() as server:  # an HTTP server where the phone was expected
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        port = server.getsockname()[1]
+        health = check_device(load_device_file(phone_file(tmp_path, "phone", port, adb_key)))
+    assert health.status == "offline", health
+    assert health.reason.startswith(f"127.0.0.1:{port} answered, but not in ADB"), health.reason
+    assert "adb tcpip 5555" in health.hint

@@ -479,6 +479,11 @@ class AdbTransport(Transport):
         if isinstance(err, (*_ADB_TIMEOUTS, TimeoutError)):
             return ConnectError(f"{where} did not complete an ADB handshake within {target.connect_timeout_s:g} s "
                                 f"({detail}); the phone is offline or not reachable", hint=_CONNECT_HINT)
+        if isinstance(err, (adb_exceptions.InvalidCommandError, adb_exceptions.InvalidResponseError)) \
+                and target.serial is None:
+            return ConnectError(f"{where} answered, but not in ADB ({detail[:120]})",
+                                hint="check the port: ADB over TCP is 5555 after `adb tcpip 5555`; Wireless debugging "
+                                     "uses the port the phone shows (pair it with `adb pair` first)")
         if target.serial is not None:
             return self._usb_failure(err)
         return ConnectError(f"cannot connect to {where} over ADB: {type(err).__name__}: {detail}",
