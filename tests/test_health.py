@@ -226,6 +226,7 @@ def test_ssh_boards_online_unauthorized_and_offline_in_one_parallel_check(sshd: 
     assert fingerprint in found["changed-host"]["message"]
     assert openssh_fingerprint(sshd.directory / "other_host_ed25519.pub") in found["changed-host"]["message"]
     assert f"127.0.0.1:{closed_port}" in found["closed"]["message"] and found["closed"]["hint"]
+    assert found["closed"]["elapsed_s"] < 3, "offline within its connect_timeout_s"
     assert empty.read_text() == "", "a health check records no host key without the opt-in"
     assert seconds < 30, seconds
 
@@ -318,7 +319,8 @@ def test_phones_online_with_battery_unauthorized_and_offline(adb_emulator: Emula
     assert found["local"]["status"] == "online"
     gone = found["gone"]
     assert gone["status"] == "offline" and f"127.0.0.1:{closed_port}" in gone["message"]
-    assert "adb tcpip 5555" in gone["hint"]
+    assert "adb tcpip 5555" in gone["hint"] and gone["elapsed_s"] < 3
+    assert refused["elapsed_s"] < 3 + 3, "the Allow prompt is waited for at most connect_timeout_s"
     # Each phone's connect_timeout_s is 3 s and they are checked at once: the refusing one costs ~3 s, not 3 x 3.
     assert seconds < 15, seconds
 

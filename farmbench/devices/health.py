@@ -44,14 +44,11 @@ from typing import Any
 from farmbench.devices.config import DeviceConfig
 from farmbench.errors import (
     AuthError,
-    ChangedHostKeyError,
     CommandTimeoutError,
     ConfigError,
     ConnectError,
-    DeviceBusyError,
     FarmbenchError,
     HostKeyError,
-    UnknownHostKeyError,
 )
 from farmbench.telemetry.sampler import parse_file_listing, read_files_script
 from farmbench.telemetry.thermal import temp_c_from_sysfs
@@ -212,14 +209,12 @@ def classify(exc: FarmbenchError, kind: str) -> tuple[str, str]:
     """(status, one-line reason) for an error from connecting to or talking to a device."""
     from farmbench.transports.adb import AdbUnauthorizedError
 
-    if isinstance(exc, DeviceBusyError):
+    if isinstance(exc, ConnectError) and exc.busy:
         return "busy", "USB interface claimed by another program (an adb server?)"
-    if isinstance(exc, ChangedHostKeyError):
-        return "unauthorized", "host key changed (differs from known_hosts)"
-    if isinstance(exc, UnknownHostKeyError):
-        return "unauthorized", "host key unknown (not in known_hosts)"
     if isinstance(exc, HostKeyError):
-        return "unauthorized", "known_hosts unreadable"
+        return "unauthorized", {"changed": "host key changed (differs from known_hosts)",
+                                "unknown": "host key unknown (not in known_hosts)",
+                                "unreadable": "known_hosts unreadable"}.get(exc.problem, "host key refused")
     if isinstance(exc, AdbUnauthorizedError):
         return "unauthorized", "ADB key not accepted (allow it on the phone)"
     if isinstance(exc, AuthError):

@@ -58,7 +58,6 @@ from farmbench.errors import (
     CommandTimeoutError,
     ConfigError,
     ConnectError,
-    DeviceBusyError,
     TransferTimeoutError,
     TransportError,
 )
@@ -437,9 +436,9 @@ class AdbTransport(Transport):
         # libusb says BUSY when another process (usually an adb server) claimed the interface, ACCESS when this
         # user may not open the device node at all (udev rules).
         if any(word in text.upper() for word in ("BUSY", "CLAIM")):
-            return DeviceBusyError(f"{self.device}: the USB device is busy ({text}); a running adb server usually "
-                                   "holds it", hint="run `adb kill-server` and try again, or use ADB over TCP "
-                                                    "(`adb tcpip 5555`, then adb://PHONE_IP:5555)")
+            return ConnectError(f"{self.device}: the USB device is busy ({text}); a running adb server usually "
+                                "holds it", busy=True, hint="run `adb kill-server` and try again, or use ADB over "
+                                                            "TCP (`adb tcpip 5555`, then adb://PHONE_IP:5555)")
         if "ACCESS" in text.upper():
             return ConnectError(f"{self.device}: no permission to open the USB device ({text})",
                                 hint="add a udev rule for the phone (Debian: apt-get install android-sdk-platform-tools"

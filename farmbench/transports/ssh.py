@@ -31,14 +31,12 @@ import paramiko
 
 from farmbench.errors import (
     AuthError,
-    ChangedHostKeyError,
     CommandTimeoutError,
     ConfigError,
     ConnectError,
     HostKeyError,
     TransferTimeoutError,
     TransportError,
-    UnknownHostKeyError,
 )
 from farmbench.transports.base import KILL_AFTER_S, Completed, Deadline, Transport, partial_name, tail
 from farmbench.transports.keyfiles import warn_if_loose
@@ -343,7 +341,7 @@ class SshTransport(Transport):
             if known_hosts.is_file():
                 client.load_host_keys(str(known_hosts))
         except (OSError, paramiko.SSHException, ValueError) as err:
-            raise HostKeyError(f"cannot read known_hosts {known_hosts}: {err}",
+            raise HostKeyError(f"cannot read known_hosts {known_hosts}: {err}", problem="unreadable",
                                hint="fix or remove the broken line it names") from err
         client.set_missing_host_key_policy(_RejectRememberingKey())
         sock = self._open_socket(endpoint, via, timeout_s)
@@ -371,18 +369,20 @@ class SshTransport(Transport):
                          err: Exception) -> TransportError:
         """The farmbench error (with what to do next) for an exception from paramiko's connect()."""
         if isinstance(err, _UnknownHostKey):
-            return UnknownHostKeyError(
+            return HostKeyError(
                 f"host key for {endpoint.host_port} is not known (fingerprint {_describe_key(err.key)}); "
                 f"not in {known_hosts}",
+                problem="unknown",
                 hint="if this is your board (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on "
                      "it), opt in once: `accept_new_host_key = true` in the device file or `--accept-new-host-key`; "
                      f"or add it yourself: ssh-keyscan -p {endpoint.port} {endpoint.hostname} >> {known_hosts}",
             )
         if isinstance(err, paramiko.BadHostKeyException):
-            return ChangedHostKeyError(
+            return HostKeyError(
                 f"host key for {endpoint.host_port} does NOT match {known_hosts}: the host presented "
                 f"{_describe_key(err.key)}, known_hosts has {_describe_key(err.expected_key)}. "
                 "Refused (also with accept_new_host_key).",
+                problem="changed",
                 hint="if the board was reinstalled, remove the old key with "
                      f"`ssh-keygen -R '{endpoint.known_hosts_name}' -f {known_hosts}` and connect again; "
                      "otherwise something may be intercepting the connection",
