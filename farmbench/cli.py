@@ -600,24 +600,76 @@ def baseline_delete(name: str, db_path: Path | None) -> None:
 
 
 @cli.command(context_settings=SUBCOMMAND_CONTEXT)
-@click.option("--probe", is_flag=True, help="Connect to each device and describe it.")
+@click.option("--probe", is_flag=True, help="Connect to each device and describe it (OS, CPU, runtimes, telemetry).")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Check each device's health (online, offline, unauthorized, busy; battery, temperature), all in "
+                   "parallel; --no-check only lists the device files.")
 @click.option("--device", "-d", "refs", multiple=True, help="Only these devices (names or URLs).")
+@click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Give up on the health checks after this long (each device also has its connect_timeout_s).")
 @click.option("--accept-new-host-key", is_flag=True, help="Record unknown SSH host keys on first contact.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def devices(probe: bool, refs: tuple[str, ...], accept_new_host_key: bool, as_json: bool) -> None:
-    """List configured devices; with --probe, connect and show OS, CPU, governors, Python and runtimes."""
+def devices(probe: bool, check: bool, refs: tuple[str, ...], timeout_s: float, accept_new_host_key: bool,
+            as_json: bool) -> None:
+    """Check the configured devices: status, battery and hottest thermal zone. Exit 1 unless all are online.
+
+    \b
+    Statuses: online; offline (unreachable); unauthorized (SSH key, password or host key refused, ADB key not
+    allowed); busy (a farmbench agent is running there, another farmbench command runs on the phone, or its USB
+    interface is held by an adb server); error (the device file or the device cannot be used as configured).
+    """
     from farmbench.devices.config import configured_devices, resolve_device
-    from farmbench.devices.probe import probe_device
     from farmbench.ui import table
 
     configs = [resolve_device(ref) for ref in refs] if refs else configured_devices()
-    if not probe:
+    if probe:
+        _probe_devices(configs, accept_new_host_key, as_json)
+        return
+    if not check:
         rows = [(d.name, d.kind, d.get("host") or "", d.source, d.get("description") or "") for d in configs]
         if as_json:
             click.echo(json.dumps([{"name": d.name, "kind": d.kind, "source": d.source} for d in configs], indent=2))
         else:
             click.echo(table(["device", "kind", "host", "config", "description"], rows))
         return
+    from farmbench.devices.health import check_devices
+
+    checked = check_devices(configs, accept_new_host_key=accept_new_host_key, timeout_s=timeout_s)
+    if as_json:
+        click.echo(json.dumps([h.to_json() for h in checked], indent=2))
+    else:
+        click.echo(table(["device", "kind", "address", "status", "battery", "hottest zone", "detail"],
+                         [(h.name, h.kind, h.address, h.status, _battery_cell(h), _zone_cell(h), _cut(h.reason, 80))
+                          for h in checked]))
+        for health in checked:
+            if not health.online:
+                click.echo(f"\n{health.name}: {health.status}: {health.message or health.reason}")
+                for line in health.busy_with:
+                    click.echo(f"  running: {line}")
+                if health.hint:
+                    click.echo(f"  hint: {health.hint}")
+    if not all(h.online for h in checked):
+        sys.exit(EXIT_FAILURE)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _battery_cell(health: Any) -> str:
+    if health.battery_percent is None:
+        return ""
+    status = f" {health.battery_status.lower()}" if health.battery_status else ""
+    return f"{health.battery_percent}%{status}"
+
+
+def _zone_cell(health: Any) -> str:
+    return "" if health.max_temp_c is None else f"{health.max_temp_c:.1f} C {health.max_temp_zone}"
+
+
+def _probe_devices(configs: Sequence[Any], accept_new_host_key: bool, as_json: bool) -> None:
+    from farmbench.devices.probe import probe_device
+
     reports = [probe_device(d, accept_new_host_key=accept_new_host_key) for d in configs]
     if as_json:
         click.echo(json.dumps(reports, indent=2, default=str))
@@ -629,6 +681,34 @@ def devices(probe: bool, refs: tuple[str, ...], accept_new_host_key: bool, as_js
             if report.get("error"):
                 click.echo(f"  error        {report['error']}")
     if any(r["status"] != "reachable" for r in reports):
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
+@click.option("--quick", is_flag=True, help="Do not import runtimes and converters (TensorFlow takes ~10 s); "
+                                            "read their versions from package metadata only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON on stdout.")
+@db_option
+@cache_dir_option
+def doctor(quick: bool, as_json: bool, db_path: Path | None, cache_dir: Path | None) -> None:
+    """Check this machine: Python, runtimes, converters, ADB and SSH keys, ssh-agent, disk, the results database and
+    the device files. Each finding is ok, warn or fail, with the fix. Exit 1 when anything fails."""
+    from farmbench.doctor import run_checks, summary
+
+    checks = run_checks(cache_dir=cache_dir, db_path=db_path, quick=quick)
+    warnings, failures = summary(checks)
+    if as_json:
+        click.echo(json.dumps({"checks": [c.to_json() for c in checks], "warnings": warnings, "failures": failures},
+                              indent=2))
+    else:
+        width = max(len(c.name) for c in checks)
+        for check in checks:
+            click.echo(f"{check.status:<4}  {check.name:<{width}}  {check.detail}")
+            if check.fix and check.status != "ok":
+                click.echo(f"{'':<4}  {'':<{width}}  fix: {check.fix}")
+        click.echo(f"\n{len(checks)} checks: {warnings} warning{'s' if warnings != 1 else ''}, "
+                   f"{failures} failure{'s' if failures != 1 else ''}")
+    if failures:
         sys.exit(EXIT_FAILURE)
 
 

@@ -327,6 +327,8 @@ class Field:
     min_value: float | None = None
     min_exclusive: float | None = None
     doc: str = ""
+    # A password or passphrase: error messages never quote the value.
+    secret: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -370,7 +372,9 @@ def validate_table(
         try:
             value = _normalise(field, table[field.name])
         except _Invalid as err:
-            raise doc.error(err.message, field_path, hint=err.hint or _field_hint(field)) from None
+            message = f"expected {_EXPECTED[field.kind]} (the value is not shown: it is a secret)" if field.secret \
+                else err.message
+            raise doc.error(message, field_path, hint=err.hint or _field_hint(field)) from None
         values[field.name] = doc.resolve_path(str(value)) if field.kind == "path" and value != "" else value
     return values
 

@@ -95,9 +95,15 @@ class TransportError(FarmbenchError):
 
 
 class HostKeyError(TransportError):
-    """An SSH host key is unknown or does not match known_hosts. Never retried."""
+    """An SSH host key is unknown or does not match known_hosts, or known_hosts cannot be read. Never retried.
+    ``problem`` says which: ``unknown``, ``changed`` or ``unreadable`` (an attribute, not subclasses: records store
+    the class name as ``error_class``, and that stays ``HostKeyError``)."""
 
     transient = False
+
+    def __init__(self, message: str, *, problem: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problem = problem
 
 
 class AuthError(TransportError):
@@ -107,7 +113,12 @@ class AuthError(TransportError):
 
 
 class ConnectError(TransportError):
-    """The device could not be reached: refused, no route, unknown name, no answer, or not speaking SSH."""
+    """The device could not be reached: refused, no route, unknown name, no answer, or not speaking SSH.
+    ``busy``: it is there but held by another program (a USB phone claimed by a running adb server)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, busy: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.busy = busy
 
 
 class CommandTimeoutError(TransportError):

@@ -321,7 +321,9 @@ def test_charging_and_a_zone_over_its_trip_point_are_flagged(transport: str, dev
     assert "charging" in record.flags and "charging" in record.power["flags"]
     assert "throttled" in record.flags and "hot_before_run" not in record.flags
     thermal = record.thermal
-    assert thermal["gate"].startswith("observe") and thermal["waited_s"] < 1.0 and not thermal["timed_out"]
+    # Observing is one reading, never a wait (how long that reading takes depends on the machine's load).
+    assert thermal["gate"].startswith("observe") and thermal["polls"] <= 1 and not thermal["timed_out"]
+    assert thermal["waited_s"] < 5.0
     assert any("passive trip point 45" in reason for reason in thermal["throttle_reasons"]), thermal
     assert thermal["max_temp_before_c"] == 50.0
     assert time.monotonic() - started < 300

@@ -41,6 +41,10 @@ DEVICE_FIELDS: tuple[Field, ...] = (
     Field("user", "str", doc="ssh: user (default: from ~/.ssh/config, else your user name)"),
     Field("key_file", "path",
           doc="ssh: private key (default: ssh-agent, then ~/.ssh/id_*); adb: RSA key (default ~/.android/adbkey)"),
+    Field("key_passphrase", "str", secret=True,
+          doc="ssh: passphrase of an encrypted key_file (prefer ssh-agent; kept out of results, logs and reports)"),
+    Field("password", "str", secret=True,
+          doc="ssh: password, for boards without key login (prefer keys; kept out of results, logs and reports)"),
     # Android phones
     Field("serial", "str", doc="adb: USB serial (see `adb devices`); use host/port for ADB over TCP"),
     Field("benchmark_model", "path",

@@ -48,6 +48,7 @@ def open_transport(device: DeviceConfig, *, accept_new_host_key: bool = False) -
                                    if v.get(key)}
         target = SshTarget(
             host=v["host"], port=v.get("port"), user=v.get("user"), **options,
+            password=v.get("password"), passphrase=v.get("key_passphrase"),
             accept_new_host_key=bool(v.get("accept_new_host_key")) or accept_new_host_key,
             connect_timeout_s=float(v.get("connect_timeout_s") or 10.0),
         )

@@ -62,6 +62,7 @@ from farmbench.errors import (
     TransportError,
 )
 from farmbench.transports.base import Completed, Deadline, Transport, partial_name
+from farmbench.transports.keyfiles import warn_if_loose
 from farmbench.transports.quoting import join, quote
 
 _log = logging.getLogger(__name__)
@@ -161,7 +162,8 @@ class AdbTarget:
 
 
 def load_or_create_key(path: Path) -> PythonRSASigner:
-    """The signer for the ADB key at ``path`` (``path.pub`` beside it), created like adb does when missing."""
+    """The signer for the ADB key at ``path`` (``path.pub`` beside it), created like adb does when missing.
+    An existing key that other users can read is used, with a warning naming the chmod fix (once per file)."""
     path = path.expanduser()
     try:
         if not path.exists():
@@ -169,8 +171,10 @@ def load_or_create_key(path: Path) -> PythonRSASigner:
             keygen(str(path))
             os.chmod(path, 0o600)
             _log.warning("created ADB key %s; the phone will ask to allow it once", path)
-        elif not Path(f"{path}.pub").exists():
-            write_public_keyfile(str(path), f"{path}.pub")
+        else:
+            warn_if_loose(path, "ADB private key")
+            if not Path(f"{path}.pub").exists():
+                write_public_keyfile(str(path), f"{path}.pub")
         return PythonRSASigner.FromRSAKeyPath(str(path))
     except Exception as err:  # OSError, or the rsa/cryptography parsers' own errors for a bad file
         raise AuthError(f"cannot read or create the ADB key {path}: {err}",
@@ -429,10 +433,16 @@ class AdbTransport(Transport):
 
     def _usb_failure(self, err: Exception) -> TransportError:
         text = f"{type(err).__name__}: {err}"
-        if any(word in text.upper() for word in ("BUSY", "ACCESS", "CLAIM")):
+        # libusb says BUSY when another process (usually an adb server) claimed the interface, ACCESS when this
+        # user may not open the device node at all (udev rules).
+        if any(word in text.upper() for word in ("BUSY", "CLAIM")):
             return ConnectError(f"{self.device}: the USB device is busy ({text}); a running adb server usually "
-                                "holds it", hint="run `adb kill-server` and try again, or use ADB over TCP "
-                                                 "(`adb tcpip 5555`, then adb://PHONE_IP:5555)")
+                                "holds it", busy=True, hint="run `adb kill-server` and try again, or use ADB over "
+                                                            "TCP (`adb tcpip 5555`, then adb://PHONE_IP:5555)")
+        if "ACCESS" in text.upper():
+            return ConnectError(f"{self.device}: no permission to open the USB device ({text})",
+                                hint="add a udev rule for the phone (Debian: apt-get install android-sdk-platform-tools"
+                                     "-common) and replug it, or use ADB over TCP")
         return ConnectError(f"{self.device}: cannot open the USB device ({text})",
                             hint="check the cable, that USB debugging is on, and udev permissions "
                                  "(`adb devices` lists it)")
@@ -468,6 +478,11 @@ class AdbTransport(Transport):
         if isinstance(err, (*_ADB_TIMEOUTS, TimeoutError)):
             return ConnectError(f"{where} did not complete an ADB handshake within {target.connect_timeout_s:g} s "
                                 f"({detail}); the phone is offline or not reachable", hint=_CONNECT_HINT)
+        if isinstance(err, (adb_exceptions.InvalidCommandError, adb_exceptions.InvalidResponseError)) \
+                and target.serial is None:
+            return ConnectError(f"{where} answered, but not in ADB ({detail[:120]})",
+                                hint="check the port: ADB over TCP is 5555 after `adb tcpip 5555`; Wireless debugging "
+                                     "uses the port the phone shows (pair it with `adb pair` first)")
         if target.serial is not None:
             return self._usb_failure(err)
         return ConnectError(f"cannot connect to {where} over ADB: {type(err).__name__}: {detail}",

@@ -32,11 +32,12 @@ STDERR_TAIL_CHARS = 800
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 # Hashes the file in $1 with whatever the board has: coreutils/busybox sha256sum, then perl's shasum, then python3.
-# Exit 3: no such file; exit 4: no tool. Only the first 64 characters of stdout are used (the tools append the name).
+# Exit 3: no such file; exit 4: no tool. Only the first 64 characters of stdout are used. The tools read the file on
+# stdin: given a name with a newline or backslash, coreutils escapes it and puts a "\" before the hash.
 SHA256_SCRIPT = """\
 [ -f "$1" ] || exit 3
-if command -v sha256sum >/dev/null 2>&1; then exec sha256sum "$1"; fi
-if command -v shasum >/dev/null 2>&1; then exec shasum -a 256 "$1"; fi
+if command -v sha256sum >/dev/null 2>&1; then exec sha256sum <"$1"; fi
+if command -v shasum >/dev/null 2>&1; then exec shasum -a 256 <"$1"; fi
 if command -v python3 >/dev/null 2>&1; then
   exec python3 -c 'import hashlib, sys
 h = hashlib.sha256()

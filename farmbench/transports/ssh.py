@@ -20,7 +20,6 @@ import math
 import os
 import select
 import socket
-import stat
 import threading
 import urllib.parse
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from farmbench.errors import (
     TransportError,
 )
 from farmbench.transports.base import KILL_AFTER_S, Completed, Deadline, Transport, partial_name, tail
+from farmbench.transports.keyfiles import warn_if_loose
 from farmbench.transports.quoting import join
 
 _log = logging.getLogger(__name__)
@@ -62,8 +62,6 @@ _LOCAL_BACKSTOP_S = KILL_AFTER_S + 3.0
 # Keys paramiko's look_for_keys tries in ~/.ssh, for messages and the permission check.
 _DEFAULT_KEY_NAMES = ("id_rsa", "id_ecdsa", "id_ed25519")
 
-_warned_key_files: set[Path] = set()
-
 
 @dataclass(frozen=True)
 class SshTarget:
@@ -75,6 +73,8 @@ class SshTarget:
     key_file: Path | None = None
     # Held in memory for the connection only: never logged, printed (repr=False) or written anywhere.
     password: str | None = field(default=None, repr=False, compare=False)
+    # Decrypts an encrypted key_file (paramiko tries ``password`` when this is not set). Same rules as password.
+    passphrase: str | None = field(default=None, repr=False, compare=False)
     known_hosts: Path = Path("~/.ssh/known_hosts")
     accept_new_host_key: bool = False
     ssh_config: Path | None = Path("~/.ssh/config")
@@ -232,16 +232,26 @@ def _record_host_key(path: Path, name: str, key: paramiko.PKey, *, hashed: bool)
     _log.warning("recorded new host key for %s (%s) in %s", name, _describe_key(key), path)
 
 
-def _warn_if_key_readable(path: Path) -> None:
-    """OpenSSH refuses private keys other users can read; paramiko uses them silently. Say so once per file."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO) and path not in _warned_key_files:
-        _warned_key_files.add(path)
-        _log.warning("private key %s is accessible by other users (mode %o); OpenSSH would refuse it. "
-                     "Run: chmod 600 %s", path, stat.S_IMODE(mode), path)
+def _locked_key_files(endpoint: _Endpoint, target: SshTarget) -> list[tuple[Path, str]]:
+    """The configured key files that are encrypted and that the given passphrase (or password, which paramiko also
+    tries) does not open, with why: after a refusal, these explain it better than "authentication failed"."""
+    secret = target.passphrase if target.passphrase is not None else target.password
+    locked = []
+    for path in endpoint.key_files:
+        try:
+            paramiko.PKey.from_path(path)
+            continue  # not encrypted
+        except Exception as err:  # noqa: BLE001 - paramiko and cryptography raise TypeError, ValueError, SSHException
+            if "password" not in str(err).lower():
+                continue  # unreadable or an unknown type: the refusal itself is the better report
+        if secret is None:
+            locked.append((path, "no key_passphrase is set"))
+            continue
+        try:
+            paramiko.PKey.from_path(path, secret.encode())
+        except Exception:  # noqa: BLE001 - any failure to decrypt with this secret
+            locked.append((path, "key_passphrase does not decrypt it"))
+    return locked
 
 
 def _default_key_files() -> list[Path]:
@@ -308,7 +318,8 @@ class SshTransport(Transport):
             self._connect(_jump_target(nearest, earlier, target), hops_left=hops_left - 1)
             via = self._clients[-1]
         for key_file in (*endpoint.key_files, *_default_key_files()):
-            _warn_if_key_readable(key_file)
+            # OpenSSH refuses private keys other users can read; paramiko uses them silently.
+            warn_if_loose(key_file, "SSH private key")
         client = self._handshake(target, endpoint, via)
         if client is None:  # first contact, opted in: the key is now in known_hosts; verify it like any other
             client = self._handshake(target, endpoint, via, recorded_just_now=True)
@@ -330,14 +341,14 @@ class SshTransport(Transport):
             if known_hosts.is_file():
                 client.load_host_keys(str(known_hosts))
         except (OSError, paramiko.SSHException, ValueError) as err:
-            raise HostKeyError(f"cannot read known_hosts {known_hosts}: {err}",
+            raise HostKeyError(f"cannot read known_hosts {known_hosts}: {err}", problem="unreadable",
                                hint="fix or remove the broken line it names") from err
         client.set_missing_host_key_policy(_RejectRememberingKey())
         sock = self._open_socket(endpoint, via, timeout_s)
         try:
             client.connect(
                 endpoint.hostname, port=endpoint.port, username=endpoint.user,
-                password=target.password,
+                password=target.password, passphrase=target.passphrase,
                 key_filename=[str(p) for p in endpoint.key_files] or None,
                 allow_agent=True, look_for_keys=True,
                 sock=sock, timeout=timeout_s, banner_timeout=timeout_s, auth_timeout=timeout_s,
@@ -361,6 +372,7 @@ class SshTransport(Transport):
             return HostKeyError(
                 f"host key for {endpoint.host_port} is not known (fingerprint {_describe_key(err.key)}); "
                 f"not in {known_hosts}",
+                problem="unknown",
                 hint="if this is your board (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on "
                      "it), opt in once: `accept_new_host_key = true` in the device file or `--accept-new-host-key`; "
                      f"or add it yourself: ssh-keyscan -p {endpoint.port} {endpoint.hostname} >> {known_hosts}",
@@ -370,10 +382,17 @@ class SshTransport(Transport):
                 f"host key for {endpoint.host_port} does NOT match {known_hosts}: the host presented "
                 f"{_describe_key(err.key)}, known_hosts has {_describe_key(err.expected_key)}. "
                 "Refused (also with accept_new_host_key).",
+                problem="changed",
                 hint="if the board was reinstalled, remove the old key with "
                      f"`ssh-keygen -R '{endpoint.known_hosts_name}' -f {known_hosts}` and connect again; "
                      "otherwise something may be intercepting the connection",
             )
+        if isinstance(err, paramiko.AuthenticationException) and (locked := _locked_key_files(endpoint, target)):
+            path, why = locked[0]
+            return AuthError(
+                f"{endpoint.address}: cannot use key file {path}: it is encrypted and {why}",
+                hint="set key_passphrase in the device file to the key's passphrase, or load the key into ssh-agent "
+                     f"(ssh-add {path}) and leave key_passphrase out")
         if isinstance(err, paramiko.AuthenticationException):
             return AuthError(
                 f"{endpoint.address} refused authentication ({err}); tried: "
