@@ -10,31 +10,18 @@ hold a copy per page), or inlined with ``self_contained=True`` for a single file
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farmbench.errors import ReportError, UsageError
-from farmbench.report.data import (
-    DEFAULT_HISTORY,
-    DEFAULT_MAX_POINTS,
-    DEFAULT_MIN_TOP1_AGREEMENT,
-    ReportData,
-    load_report_data,
-    select_runs,
-)
-from farmbench.results.store import ResultStore
+from farmbench.report.options import DEFAULT_DIRECTORY, ReportOptions
 
-__all__ = ["ReportError", "ReportOptions", "default_report_path", "select_runs", "write_report"]
+if TYPE_CHECKING:  # numpy, pandas and plotly load only when a report is written
+    from farmbench.report.data import ReportData
+    from farmbench.results.schema import RunInfo
+    from farmbench.results.store import ResultStore
 
-DEFAULT_DIRECTORY = "reports"
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    history: int = DEFAULT_HISTORY  # runs of the same sweep in the default selection, the latest included
-    min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT  # the drift budget of "which variant to ship"
-    max_points: int = DEFAULT_MAX_POINTS  # quantiles drawn per latency distribution
-    self_contained: bool = False  # inline plotly.js instead of writing it beside the page
+__all__ = ["ReportOptions", "build_html", "default_report_path", "selected_runs", "write_report"]
 
 
 def default_report_path(run_id: str, directory: Path | None = None) -> Path:
@@ -82,14 +69,24 @@ def _ensure_plotly_beside(directory: Path) -> tuple[str, str]:
     return name, version
 
 
+def selected_runs(store: ResultStore, run_ids: Sequence[str] = (), *, anchor: str | None = None,
+                  options: ReportOptions | None = None) -> list[RunInfo]:
+    """The runs a report covers, oldest first (see :func:`farmbench.report.data.select_runs`)."""
+    from farmbench.report.data import select_runs
+
+    return select_runs(store, run_ids, anchor=anchor, history=(options or ReportOptions()).history)
+
+
 def build_html(store: ResultStore, run_ids: Sequence[str] = (), *, anchor: str | None = None,
-               options: ReportOptions = ReportOptions(), plotly_src: str | None = None) -> tuple[str, ReportData]:
+               options: ReportOptions | None = None, plotly_src: str | None = None) -> tuple[str, ReportData]:
     """The page as text, and the data behind it. ``plotly_src`` is the script's relative URL (ignored when
     ``options.self_contained``)."""
+    from farmbench.report.data import load_report_data
     from farmbench.report.html import build_page, render
     from farmbench.report.trends import mark_trends
 
-    runs = select_runs(store, run_ids, anchor=anchor, history=options.history)
+    options = options or ReportOptions()
+    runs = selected_runs(store, run_ids, anchor=anchor, options=options)
     data = load_report_data(store, runs, min_top1_agreement=options.min_top1_agreement,
                             max_points=options.max_points)
     data, note, regressions = mark_trends(store, data)
@@ -101,11 +98,12 @@ def build_html(store: ResultStore, run_ids: Sequence[str] = (), *, anchor: str |
 
 
 def write_report(store: ResultStore, run_ids: Sequence[str] = (), out_path: Path | None = None, *,
-                 anchor: str | None = None, options: ReportOptions = ReportOptions()) -> Path:
+                 anchor: str | None = None, options: ReportOptions | None = None) -> Path:
     """Write the report of ``run_ids`` (default: the latest run, or ``anchor``, with earlier runs of its sweep) to
     ``out_path`` (default ``./reports/<run-id>.html``) and return the page's path. Unless self-contained, plotly.js
     is written beside the page (once; later reports in the same folder reuse it)."""
-    runs = select_runs(store, run_ids, anchor=anchor, history=options.history)
+    options = options or ReportOptions()
+    runs = selected_runs(store, run_ids, anchor=anchor, options=options)
     target = resolve_out_path(out_path, runs[-1].id).expanduser().absolute()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,13 +29,10 @@ from typing import Any
 import numpy as np
 
 from farmbench.errors import UsageError
+from farmbench.report.options import DEFAULT_HISTORY, DEFAULT_MAX_POINTS, DEFAULT_MIN_TOP1_AGREEMENT
 from farmbench.results.schema import DeviceInfo, MeasurementRecord, RunInfo
 from farmbench.results.scrub import scrub
 from farmbench.results.store import ResultStore
-
-DEFAULT_HISTORY = 10
-DEFAULT_MIN_TOP1_AGREEMENT = 0.99
-DEFAULT_MAX_POINTS = 200
 
 # What each trust flag means, and which number it qualifies (shown next to that number, not only in a list).
 # "latency" covers p50/p90/p99 and the CI; "energy" the power columns; "drift" top-1 agreement and KL.
