@@ -511,6 +511,137 @@ def report(run_ids: tuple[str, ...], out: Path | None, history: int, min_top1_ag
 
 
 @cli.command(context_settings=SUBCOMMAND_CONTEXT)
+@click.option("--baseline", "baseline_ref", default="previous", show_default=True, metavar="RUN|NAME|previous",
+              help="A run id, a baseline name (`farmbench baseline list`), or the previous finished run of the"
+                   " candidate's sweep on the same devices.")
+@click.option("--candidate", "candidate_ref", default="latest", show_default=True, metavar="RUN|latest",
+              help="The run to check: a run id, or the latest run.")
+@click.option("--sweep", "sweep_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Sweep file whose [check] table sets the thresholds (flags below override it).")
+@click.option("--alpha", type=float, default=None, help="Significance level of the tests [default: 0.01].")
+@click.option("--latency-threshold-pct", type=float, default=None, help="Latency change that counts [default: 5].")
+@click.option("--latency-floor-us", type=float, default=None, help="... and at least this many µs [default: 10].")
+@click.option("--energy-threshold-pct", type=float, default=None, help="Energy change that counts [default: 10].")
+@click.option("--energy-floor-mj", type=float, default=None, help="... and at least this many mJ [default: 0.01].")
+@click.option("--drift-top1-points", type=float, default=None,
+              help="Top-1 agreement change that counts, in points [default: 1].")
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write a markdown summary here (for a CI comment).")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write JUnit XML here: one testcase per matched measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
+@db_option
+def check(baseline_ref: str, candidate_ref: str, sweep_path: Path | None, alpha: float | None,
+          latency_threshold_pct: float | None, latency_floor_us: float | None, energy_threshold_pct: float | None,
+          energy_floor_mj: float | None, drift_top1_points: float | None, markdown_path: Path | None,
+          junit_path: Path | None, as_json: bool, db_path: Path | None) -> None:
+    """Compare a run with a baseline and fail on regressions (exit 3; 0 when clean, 1 a device failed, 2 usage).
+
+    Matches measurements by device, variant and runtime configuration. Latency regresses when Mann-Whitney U on the
+    raw samples gives p < alpha, the median moved more than the threshold and the floor, and the session medians
+    show a change beyond the threshold (a t-test against it, p < alpha); energy per inference and top-1 agreement
+    with fp32 have their own thresholds.
+    Measurements whose context differs (runtime version, OS build, threads, delegate...) are refused, naming the
+    field. Improvements are reported too.
+
+    \b
+    Examples:
+      farmbench check                                   # latest run against the previous run of its sweep
+      farmbench check --baseline nightly --junit reports/check.xml --markdown reports/check.md
+      farmbench check --baseline r20261120-020000-ab12 --candidate r20261121-020000-cd34 --sweep nightly.toml
+    """
+    from farmbench import config
+    from farmbench.results.check_output import format_table, junit_xml, markdown_summary
+    from farmbench.results.compare import compare_runs, resolve_baseline, resolve_candidate
+    from farmbench.results.store import ResultStore
+
+    thresholds = config.check_thresholds(sweep_path, {
+        "alpha": alpha, "latency_threshold_pct": latency_threshold_pct, "latency_floor_us": latency_floor_us,
+        "energy_threshold_pct": energy_threshold_pct, "energy_floor_mj": energy_floor_mj,
+        "drift_top1_points": drift_top1_points})
+    with ResultStore(db_path, create=False) as store:
+        candidate = resolve_candidate(store, candidate_ref)
+        baseline, how = resolve_baseline(store, baseline_ref, candidate)
+        if baseline.id == candidate.id:
+            from farmbench.errors import UsageError
+
+            raise UsageError(f"baseline and candidate are the same run ({candidate.id}, {how})",
+                             hint="name another baseline, or check a newer run")
+        comparison = compare_runs(store, baseline.id, candidate.id, thresholds, baseline_ref=how)
+    for path, text in ((markdown_path, markdown_summary), (junit_path, junit_xml)):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text(comparison), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(comparison.to_json(), indent=2))
+    else:
+        click.echo(format_table(comparison))
+    sys.exit(comparison.exit_code)
+
+
+@cli.group(context_settings=SUBCOMMAND_CONTEXT)
+def baseline() -> None:
+    """Name runs as baselines for `farmbench check --baseline NAME`."""
+
+
+@baseline.command("set", context_settings=SUBCOMMAND_CONTEXT)
+@click.argument("name")
+@click.argument("run_ref", metavar="RUN")
+@db_option
+def baseline_set(name: str, run_ref: str, db_path: Path | None) -> None:
+    """Point baseline NAME at RUN (a run id or `latest`); an existing NAME moves. Example: baseline set nightly latest"""
+    from farmbench.results.compare import check_baseline_name, resolve_candidate
+    from farmbench.results.store import ResultStore
+
+    check_baseline_name(name)
+    with ResultStore(db_path, create=False) as store:
+        run_info = resolve_candidate(store, run_ref)
+        before = store.set_baseline(name, run_info.id)
+    if before is None:
+        click.echo(f"baseline {name!r} set to run {run_info.id} (sweep {run_info.sweep_name}, {run_info.started_at})")
+    elif before == run_info.id:
+        click.echo(f"baseline {name!r} already at run {run_info.id}")
+    else:
+        click.echo(f"baseline {name!r} moved from run {before} to run {run_info.id}")
+
+
+@baseline.command("list", context_settings=SUBCOMMAND_CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@db_option
+def baseline_list(as_json: bool, db_path: Path | None) -> None:
+    """List named baselines and the runs they point at."""
+    from farmbench.results.store import ResultStore
+    from farmbench.ui import table
+
+    with ResultStore(db_path, create=False) as store:
+        named = store.baselines()
+        runs_by_id = {r.id: r for r in store.runs()}
+    if as_json:
+        click.echo(json.dumps([b.to_json() for b in named], indent=2))
+        return
+    if not named:
+        click.echo("no baselines (set one: farmbench baseline set NAME RUN)")
+        return
+    click.echo(table(["baseline", "run", "sweep", "run started", "status", "set at"],
+                     [(b.name, b.run_id, runs_by_id[b.run_id].sweep_name, runs_by_id[b.run_id].started_at,
+                       runs_by_id[b.run_id].status, b.set_at) for b in named]))
+
+
+@baseline.command("delete", context_settings=SUBCOMMAND_CONTEXT)
+@click.argument("name")
+@db_option
+def baseline_delete(name: str, db_path: Path | None) -> None:
+    """Forget baseline NAME (its run stays in the database)."""
+    from farmbench.errors import UsageError
+    from farmbench.results.store import ResultStore
+
+    with ResultStore(db_path, create=False) as store:
+        if not store.delete_baseline(name):
+            raise UsageError(f"no baseline named {name!r} in {store.path}", hint="`farmbench baseline list` shows them")
+    click.echo(f"baseline {name!r} deleted")
+
+
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
 @click.option("--probe", is_flag=True, help="Connect to each device and describe it.")
 @click.option("--device", "-d", "refs", multiple=True, help="Only these devices (names or URLs).")
 @click.option("--accept-new-host-key", is_flag=True, help="Record unknown SSH host keys on first contact.")

@@ -32,10 +32,13 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farmbench.errors import ConfigError
 from farmbench.variants.spec import FAMILIES, FORMATS, QUANT_MODES
+
+if TYPE_CHECKING:
+    from farmbench.results.compare import Thresholds
 
 KeyPath = tuple[str | int, ...]
 """Where a value sits in a document: table and key names, and list / array-of-tables indices."""
@@ -529,7 +532,23 @@ RUN_FIELDS: tuple[Field, ...] = (
           doc="your evaluation images: DIR/<class>/<image> (labels: also top-1/top-5 accuracy) or DIR/<image>"),
 )
 
-SWEEP_TABLES: dict[str, tuple[Field, ...]] = {"variants": VARIANT_FIELDS, "run": RUN_FIELDS}
+# The regression check's thresholds (farmbench.results.compare documents the statistics behind them).
+CHECK_FIELDS: tuple[Field, ...] = (
+    Field("alpha", "float", default=0.01, min_exclusive=0,
+          doc="significance level of every test (Mann-Whitney U, session agreement), between 0 and 1"),
+    Field("latency_threshold_pct", "float", default=5.0, min_value=0,
+          doc="a latency change counts only above this many percent of the baseline median, >= 0"),
+    Field("latency_floor_us", "float", default=10.0, min_value=0,
+          doc="a latency change must also exceed this many microseconds, >= 0 (for tiny models)"),
+    Field("energy_threshold_pct", "float", default=10.0, min_value=0,
+          doc="an energy-per-inference change counts only above this many percent, >= 0"),
+    Field("energy_floor_mj", "float", default=0.01, min_value=0,
+          doc="an energy change must also exceed this many millijoules per inference, >= 0"),
+    Field("drift_top1_points", "float", default=1.0, min_value=0,
+          doc="a change of top-1 agreement with fp32 counts above this many percentage points, >= 0"),
+)
+
+SWEEP_TABLES: dict[str, tuple[Field, ...]] = {"variants": VARIANT_FIELDS, "run": RUN_FIELDS, "check": CHECK_FIELDS}
 """The tables a sweep file may have, each described by its fields. All are optional."""
 
 
@@ -585,6 +604,32 @@ def _run_config(doc: TomlDocument, key_path: KeyPath, values: Mapping[str, Any])
     return RunConfig(**fields)
 
 
+def _check_config(doc: TomlDocument, key_path: KeyPath, values: Mapping[str, Any]) -> Thresholds:
+    from farmbench.results.compare import Thresholds
+
+    if not values["alpha"] < 1:
+        raise doc.error(f"must be < 1, got {values['alpha']}", (*key_path, "alpha"),
+                        hint="a significance level such as 0.01 (the default) or 0.05")
+    return Thresholds(**{f.name: float(values[f.name]) for f in CHECK_FIELDS})
+
+
+def default_check_config() -> Thresholds:
+    doc = TomlDocument.from_string("", COMMAND_LINE)
+    return _check_config(doc, (), validate_table(doc, (), {}, CHECK_FIELDS))
+
+
+def check_thresholds(sweep_path: str | Path | None, overrides: Mapping[str, object]) -> Thresholds:
+    """The regression check's thresholds: the [check] table of the sweep file at ``sweep_path`` (defaults without
+    one), with the keys given on the command line (those not None) replaced, re-validated."""
+    base = load_sweep(sweep_path).check if sweep_path is not None else default_check_config()
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if not given:
+        return base
+    doc = TomlDocument.from_string("", COMMAND_LINE)
+    current = {f.name: getattr(base, f.name) for f in CHECK_FIELDS}
+    return _check_config(doc, (), validate_table(doc, (), {**current, **given}, CHECK_FIELDS))
+
+
 def default_run_config() -> RunConfig:
     doc = TomlDocument.from_string("", COMMAND_LINE)
     return _run_config(doc, (), validate_table(doc, (), {}, RUN_FIELDS))
@@ -600,6 +645,7 @@ class Sweep:
     variants: VariantGrid
     sha256: str
     run: RunConfig = dataclasses.field(default_factory=lambda: default_run_config())
+    check: Thresholds = dataclasses.field(default_factory=lambda: default_check_config())
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -614,6 +660,7 @@ def load_sweep(path: str | Path) -> Sweep:
         path=doc.path,
         variants=_variant_grid(doc, ("variants",), tables["variants"]),
         run=_run_config(doc, ("run",), tables["run"]),
+        check=_check_config(doc, ("check",), tables["check"]),
         # The document's text is the file's bytes decoded strictly as UTF-8, so this is the hash of the file.
         sha256=hashlib.sha256(doc.text.encode("utf-8")).hexdigest(),
     )
@@ -644,7 +691,7 @@ def merge_overrides(sweep: Sweep, overrides: Mapping[str, object]) -> Sweep:
     if not given:
         return sweep
     merged = sweep_from_values(sweep.name, {**_grid_values(sweep.variants), **given})
-    return dataclasses.replace(merged, path=sweep.path)
+    return dataclasses.replace(merged, path=sweep.path, run=sweep.run, check=sweep.check)
 
 
 def merge_run_overrides(sweep: Sweep, overrides: Mapping[str, object]) -> Sweep:

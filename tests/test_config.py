@@ -311,7 +311,7 @@ def test_a_grid_that_builds_nothing_is_rejected(tmp_path: Path) -> None:
 def test_unknown_top_level_table_is_rejected(tmp_path: Path) -> None:
     error = load_error(tmp_path, "name = 'x'\n\n[extras]\nfoo = 1\n")
     assert (error.line, error.key) == (3, "extras")
-    assert error.hint == "valid keys here: name, variants, run"
+    assert error.hint == "valid keys here: name, variants, run, check"
 
 
 def test_variants_must_be_a_table(tmp_path: Path) -> None:
@@ -403,3 +403,35 @@ def test_run_table_defaults_and_values(tmp_path: Path) -> None:
     assert sweep.run.threads == (1, 4)
     assert sweep.run.repeats == 2
     assert sweep.run.runtime == ("auto",) and sweep.run.warmup_runs == 5
+
+
+# --- [check] ------------------------------------------------------------------------------------------------------
+
+
+def test_check_table_sets_thresholds_and_defaults_the_rest(tmp_path: Path) -> None:
+    sweep = load_sweep(write(tmp_path, "[check]\nalpha = 0.05\nlatency_floor_us = 25\ndrift_top1_points = 2.5\n"))
+    assert (sweep.check.alpha, sweep.check.latency_floor_us, sweep.check.drift_top1_points) == (0.05, 25.0, 2.5)
+    assert (sweep.check.latency_threshold_pct, sweep.check.energy_threshold_pct) == (5.0, 10.0)
+    assert default_sweep().check.alpha == 0.01
+
+
+@pytest.mark.parametrize(("text", "line", "key", "message"), [
+    ("name = 'x'\n[check]\nlatency_treshold_pct = 3\n", 3, "check.latency_treshold_pct", "unknown key"),
+    ("[check]\nalpha = 1.5\n", 2, "check.alpha", "must be < 1"),
+    ("[check]\nalpha = 0\n", 2, "check.alpha", "must be > 0"),
+    ("[check]\n\nenergy_floor_mj = -0.5\n", 3, "check.energy_floor_mj", "must be >= 0"),
+    ("[check]\nlatency_threshold_pct = 'five'\n", 2, "check.latency_threshold_pct", "expected a number"),
+])
+def test_check_table_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int, key: str,
+                                                   message: str) -> None:
+    error = load_error(tmp_path, text)
+    assert (error.line, error.key) == (line, key) and message in str(error)
+    assert str(error).startswith(f"{tmp_path / 'sweep.toml'}:{line}: {key}: ")
+    if key.endswith("treshold_pct"):
+        assert error.hint == "did you mean 'latency_threshold_pct'?"
+
+
+def test_variant_flags_keep_the_files_run_and_check_tables(tmp_path: Path) -> None:
+    sweep = load_sweep(write(tmp_path, "[run]\nrepeats = 7\n[check]\nalpha = 0.02\n"))
+    merged = merge_overrides(sweep, {"quant": "int8"})
+    assert merged.variants.quant == ("int8",) and merged.run.repeats == 7 and merged.check.alpha == 0.02

@@ -4,6 +4,7 @@ real tool's output format)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -77,6 +78,8 @@ def test_run_on_emulated_phone(adb_emulator: Any, cache: Path, binary: Path, tmp
         assert "aggregate_only" in record.all_flags()
         assert record.context["abi"] == "arm64-v8a" and record.context["model"]
         assert record.context["benchmark_model"]["count"] == 5
+        # No version is printed: the binary's sha256 identifies the runtime for regression checks.
+        assert record.context["binary_sha256"] == hashlib.sha256(binary.read_bytes()).hexdigest()
         assert record.init_ms is not None and record.init_ms > 0
     skipped = [r for r in found if r.status == "skipped"]
     assert len(skipped) == 4 and all("onnxruntime_perf_test" in (r.error_message or "") for r in skipped)

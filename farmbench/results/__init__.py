@@ -9,6 +9,8 @@ from farmbench.errors import RunNotFoundError, StoreError
 from farmbench.results.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    ArtifactInfo,
+    Baseline,
     DeviceInfo,
     MeasurementRecord,
     RunInfo,
@@ -21,6 +23,8 @@ __all__ = [
     "FRAME_COLUMNS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "ArtifactInfo",
+    "Baseline",
     "DeviceInfo",
     "LatencyStats",
     "MeasurementRecord",

@@ -8,6 +8,8 @@ Schema history (``PRAGMA user_version`` holds the version; each step below runs 
 * v3 -- telemetry beside latency: ``power_json`` (source, idle and window power, energy per inference),
   ``power_samples`` (raw samples, ``power_samples_format``), ``thermal_json`` (temperatures before/after, cooldown,
   throttling) and ``drift_json`` (outputs against the fp32 reference on the evaluation set).
+* v4 -- ``baselines``: named pointers to runs for regression checks (``farmbench baseline set NAME RUN``); setting a
+  name again moves it (``set_at`` says when).
 
 Steps are frozen once released: a change is a new step appended to ``MIGRATIONS``, never an edit of an old one
 (tests/data/results_schema_v1.sql is the v1 schema as released, and a test checks step 1 still produces it).
@@ -130,9 +132,19 @@ def _v3_telemetry(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _v4_baselines(conn: sqlite3.Connection) -> None:
+    _execute_all(conn, """
+        CREATE TABLE baselines (
+            name   TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            set_at TEXT NOT NULL
+        )
+    """)
+
+
 # MIGRATIONS[i] takes a database at version i to version i + 1; a new database runs them all. The store runs
 # each step inside its own BEGIN IMMEDIATE ... COMMIT and sets user_version in the same transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_tables, _v2_indexes, _v3_telemetry]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_tables, _v2_indexes, _v3_telemetry, _v4_baselines]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -223,6 +235,35 @@ class DeviceInfo:
     def from_row(cls, row: sqlite3.Row) -> DeviceInfo:
         return cls(id=row["id"], identity=row["identity"], name=row["name"], kind=row["kind"],
                    context=_load(row["context_json"], {}), first_seen=row["first_seen"], last_seen=row["last_seen"])
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """An artifact as last recorded: ``manifest["spec"]`` says which variant it is (a generated one, or a user's
+    file by name); ``key`` and ``sha256`` change whenever its bytes do."""
+
+    key: str
+    name: str
+    format: str
+    sha256: str | None
+    manifest: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ArtifactInfo:
+        return cls(key=row["key"], name=row["name"], format=row["format"], sha256=row["sha256"],
+                   manifest=_load(row["manifest_json"], {}))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A named baseline: ``run_id`` is the run regression checks compare against when given ``name``."""
+
+    name: str
+    run_id: str
+    set_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from farmbench.results.schema import (
     MIGRATIONS,
     RUN_STATUSES,
     SCHEMA_VERSION,
+    ArtifactInfo,
+    Baseline,
     DeviceInfo,
     MeasurementRecord,
     RunInfo,
@@ -300,6 +302,58 @@ class ResultStore:
                 " WHERE excluded.sha256 IS NOT NULL OR artifacts.sha256 IS NULL",
                 (key, name, format, sha256, _json(dict(manifest))),
             )
+
+    def artifacts(self) -> dict[str, ArtifactInfo]:
+        """Every recorded artifact by key."""
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM artifacts").fetchall()
+        return {row["key"]: ArtifactInfo.from_row(row) for row in rows}
+
+    # -- baselines and run history (regression checks) -------------------------------------------------------------
+
+    def set_baseline(self, name: str, run_id: str) -> str | None:
+        """Point baseline ``name`` at ``run_id``, creating it or moving it; returns the run it pointed to before
+        (None when new). Names are checked by the caller (``farmbench.results.compare.check_baseline_name``)."""
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise self._run_not_found([run_id])
+            row = conn.execute("SELECT run_id FROM baselines WHERE name = ?", (name,)).fetchone()
+            conn.execute("INSERT INTO baselines (name, run_id, set_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                         " SET run_id = excluded.run_id, set_at = excluded.set_at", (name, run_id, utc_now()))
+        return None if row is None else str(row[0])
+
+    def delete_baseline(self, name: str) -> bool:
+        """Forget baseline ``name`` (its run stays); False when there was none."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM baselines WHERE name = ?", (name,)).rowcount > 0
+
+    def baseline(self, name: str) -> Baseline | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM baselines WHERE name = ?", (name,)).fetchone()
+        return None if row is None else Baseline(name=row["name"], run_id=row["run_id"], set_at=row["set_at"])
+
+    def baselines(self) -> list[Baseline]:
+        """Every named baseline, by name."""
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM baselines ORDER BY name").fetchall()
+        return [Baseline(name=row["name"], run_id=row["run_id"], set_at=row["set_at"]) for row in rows]
+
+    def earlier_runs_of_sweep(self, sweep_sha256: str, before: str, status: str = "finished") -> list[RunInfo]:
+        """Runs of the sweep with this hash that started before ``before`` (ISO time) and ended as ``status``,
+        newest first (the ``runs_by_sweep`` index)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM runs WHERE sweep_sha256 = ? AND started_at < ? AND status = ?"
+                " ORDER BY started_at DESC, id DESC", (sweep_sha256, before, status)).fetchall()
+        return [RunInfo.from_row(row) for row in rows]
+
+    def run_device_identities(self, run_id: str) -> set[str]:
+        """Identities of the devices that have measurements in ``run_id``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT d.identity FROM measurements m JOIN devices d ON d.id = m.device_id"
+                " WHERE m.run_id = ?", (run_id,)).fetchall()
+        return {str(row[0]) for row in rows}
 
     # -- measurements ------------------------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class PhoneSession:
         self.transport = transport
         self.device_dir = str(device.get("device_dir") or DEFAULT_DEVICE_DIR)
         self.binary_path = ""
+        self.binary_sha256: str | None = None
         self.ort_perf_test_path = ""
         self.ort_perf_test_sha256: str | None = None
         self._ort_runs = 0
@@ -78,6 +79,7 @@ class PhoneSession:
                                  hint="download LiteRT's prebuilt benchmark_model for the phone's ABI"
                                       f" ({props.get('ro.product.cpu.abi') or 'see getprop ro.product.cpu.abi'})")
             sha = hashlib.sha256(local.read_bytes()).hexdigest()
+            self.binary_sha256 = sha
             self.binary_path, _ = self.transport.push_cached(local, sha, self.device_dir, "benchmark_model",
                                                              timeout_s=SETUP_TIMEOUT_S)
             self.transport.run(["chmod", "755", self.binary_path], timeout_s=30.0).check()
@@ -270,8 +272,9 @@ def record_from_output(text: str, base: MeasurementRecord, manifest: dict[str, A
                        session: PhoneSession) -> MeasurementRecord:
     """benchmark_model's output -> a record: aggregate statistics, delegate coverage, classified failures."""
     result = parse_output(text)
+    # benchmark_model prints no version: its sha256 is what tells one build from another (a checked context field).
     context = {**session.context(), "converter_versions": manifest.get("versions"),
-               "benchmark_model": result.to_json()}
+               "benchmark_model": result.to_json(), "binary_sha256": session.binary_sha256}
     record = replace(base, runtime="benchmark_model", context=context)
     issue = result.error
     if issue is not None:
