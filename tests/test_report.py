@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from farmbench.errors import EXIT_USAGE, RunNotFoundError, UsageError
-from farmbench.report import ReportOptions, write_report
+from farmbench.report import ReportOptions, build_html, write_report
 from farmbench.report.data import load_report_data, pareto, select_runs, within_budget
 from farmbench.report.html import inline_script, script_json
 from farmbench.results.store import ResultStore
@@ -161,6 +161,21 @@ def test_the_pick_is_the_fastest_within_the_drift_budget(store: ResultStore, syn
                 assert pick is None or within_budget(pick, budget)
         if budget == 0.0:  # no budget: the fastest overall is the pick
             assert all(r.pick == r.fastest for r in data.recommendations)
+
+
+def test_trend_marks_come_from_the_regression_check(synthetic: Synthetic, tmp_path: Path) -> None:
+    with ResultStore(synthetic.db, create=False) as opened:
+        text, data = build_html(opened, options=ReportOptions(history=10))
+    assert data.trend_marks == "compare" and len(data.runs) == 3
+    slowed = [t for t in data.trends if t.device == BOARD_NAME and t.label.startswith(synthetic.slowed + " ·")]
+    assert len(slowed) == 1
+    first, second, last = slowed[0].points
+    assert first.verdict is None and second.verdict == "unchanged" and last.verdict == "regression", slowed
+    assert last.p50_us / second.p50_us > 1.25  # type: ignore[operator]
+    # Nothing else on the board slowed down: no other latency regression is marked there.
+    marked = [t.label for t in data.trends if t.device == BOARD_NAME and t.points[-1].verdict == "regression"]
+    assert marked == [slowed[0].label]
+    assert "regression" in text and f"{synthetic.slowed} · litert t1" in text and "+3" in text
 
 
 def test_pareto_keeps_only_points_nothing_beats_on_both_axes() -> None:

@@ -253,7 +253,8 @@ class TrendPoint:
     p50_us: float | None
     ci_low_us: float | None
     ci_high_us: float | None
-    verdict: str | None = None  # from the regression check against the previous run, when available
+    measurement_ids: tuple[int, ...] = ()
+    verdict: str | None = None  # latency verdict of the regression check against the previous selected run
     detail: str | None = None
 
 
@@ -280,6 +281,7 @@ class ReportData:
     max_points: int
     converter_versions: Mapping[str, str]
     counts_by_run: Mapping[str, Mapping[str, int]]
+    records_by_run: Mapping[str, Sequence[MeasurementRecord]] = field(default_factory=dict)  # for the check
 
     def device_combos(self, device: str) -> list[Combo]:
         return [c for c in self.combos if c.device == device and c.ok]
@@ -621,7 +623,8 @@ def trends(runs: Sequence[RunInfo], combos_by_run: Mapping[str, Sequence[Combo]]
     for key, by_run in lines.items():
         device, label = labels[key]
         points = tuple(TrendPoint(run.id, run.started_at, by_run[run.id].p50_us, by_run[run.id].ci_low_us,
-                                  by_run[run.id].ci_high_us) for run in runs if run.id in by_run)
+                                  by_run[run.id].ci_high_us, by_run[run.id].measurement_ids)
+                       for run in runs if run.id in by_run)
         result.append(Trend(device, label, points))
     return sorted(result, key=lambda t: (t.device, t.label))
 
@@ -674,4 +677,5 @@ def load_report_data(store: ResultStore, runs: Sequence[RunInfo], *,
         trends=tuple(trends(runs, combos_by_run)),
         trend_marks="none", min_top1_agreement=min_top1_agreement, max_points=max_points,
         converter_versions=_converters(subject_records), counts_by_run=counts_by_run,
+        records_by_run={run_id: tuple(group) for run_id, group in by_run.items()},
     )

@@ -349,8 +349,9 @@ class FigureBuilder:
                              legend={"font": {"size": 10}})
         caption = ("Each line is one variant and runtime configuration, as p50 divided by its p50 in the earliest "
                    "selected run (hover for milliseconds). ")
-        caption += ("Marks: the regression check against the previous run (statistical test and threshold, see "
-                    "the table below)." if marked else "No regression marks: see the note above.")
+        caption += ("Marks: the regression check of each run against the one before it (the note at the top of "
+                    "this section says how it decides; the hover gives each point's verdict and why)." if marked
+                    else "No regression marks: see the note at the top of this section.")
         return self._make(figure, f"Trends across runs: {device}", caption, 460)
 
 

@@ -33,6 +33,7 @@ from farmbench.report.data import (
     side_by_side,
 )
 from farmbench.report.figures import Figure, FigureBuilder
+from farmbench.report.trends import RegressionRow
 from farmbench.results.scrub import scrub
 
 _ENV = jinja2.Environment(
@@ -126,7 +127,7 @@ class Page:
     side_rows: list[tuple[str, dict[str, Combo]]]
     side_figure: Figure | None
     trend_note: str
-    regressions: list[Any]
+    regressions: list[RegressionRow]
     figures: list[Figure]
     flags_seen: list[str]
     plotly_src: str | None
@@ -144,7 +145,7 @@ def _anchor(index: int) -> str:
 
 
 def build_page(data: ReportData, *, plotly_src: str | None, plotly_inline: str | None, plotly_version: str,
-               trend_note: str, regressions: Sequence[Any] = ()) -> Page:
+               trend_note: str, regressions: Sequence[RegressionRow] = ()) -> Page:
     """Every view of the page, figures numbered in page order."""
     builder = FigureBuilder()
     sections = []
