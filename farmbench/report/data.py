@@ -357,16 +357,16 @@ def _combine(records: Sequence[MeasurementRecord], rows: Mapping[int, Mapping[st
     distribution = Distribution("none", n_samples)
     if pooled:
         samples = np.concatenate([np.asarray(s, dtype=np.float64) for s in pooled])
-        p50, p90, p99 = (float(v) for v in np.percentile(samples, [50, 90, 99]))
+        # One call for the percentiles and the drawn quantiles: numpy partitions the samples once.
+        grid = np.linspace(0.0, 1.0, max_points) if samples.size > max_points > 0 else np.empty(0)
+        values = np.quantile(samples, np.concatenate(([0.5, 0.9, 0.99], grid)))
+        p50, p90, p99 = (float(v) for v in values[:3])
         lows = [_num(lat.get("ci95_low_us")) for lat in latencies]
         highs = [_num(lat.get("ci95_high_us")) for lat in latencies]
         if all(v is not None for v in lows + highs) and lows:
             ci_low, ci_high = min(v for v in lows if v is not None), max(v for v in highs if v is not None)
             ci_kind = "bootstrap" if len(ok) == 1 else "envelope"
-        if samples.size <= max_points:
-            quantiles = np.sort(samples)
-        else:
-            quantiles = np.quantile(samples, np.linspace(0.0, 1.0, max_points))
+        quantiles = values[3:] if grid.size else (np.sort(samples) if max_points > 0 else grid)
         distribution = Distribution("samples", int(samples.size), tuple(float(v) for v in quantiles))
     elif ok:
         medians = [_num(lat.get("p50_us")) for lat in latencies]
@@ -651,7 +651,9 @@ def load_report_data(store: ResultStore, runs: Sequence[RunInfo], *,
     by_run: dict[str, list[MeasurementRecord]] = defaultdict(list)
     for record in records:
         by_run[record.run_id].append(record)
-    combos_by_run = {run_id: combinations(group, rows, names, max_points) for run_id, group in by_run.items()}
+    # Earlier runs only feed the trends: no distributions to draw for them.
+    combos_by_run = {run_id: combinations(group, rows, names, max_points if run_id == subject.id else 0)
+                     for run_id, group in by_run.items()}
     subject_records = by_run.get(subject.id, [])
     subject_combos = combos_by_run.get(subject.id, [])
     devices = []
