@@ -268,7 +268,7 @@ def _run_options(func: Any) -> Any:
               help="On first contact with an SSH board, record its host key (a changed key is always refused).")
 @click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, help="Parallel build workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
-@click.option("--report/--no-report", "write_html", default=True,
+@click.option("--report/--no-report", "report", default=True,
               help="Write the HTML report after the run (./reports/<run-id>.html, as `farmbench report`) [default: on].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 @cache_dir_option
@@ -279,7 +279,7 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
         max_s: float | None, warmup_runs: int | None, warmup_min_s: float | None, repeats: int | None,
         affinity: str | None, order_seed: int | None, timeout_s: float | None, drift: bool | None,
         eval_images: int | None, eval_dir: Path | None, db_path: Path | None,
-        accept_new_host_key: bool, jobs: int, as_json: bool, write_html: bool, quiet: bool,
+        accept_new_host_key: bool, jobs: int, as_json: bool, report: bool, quiet: bool,
         cache_dir: Path | None) -> None:
     """Build what is missing, then measure every variant on every device and store the results.
 
@@ -316,7 +316,7 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
         summary = run_sweep(sweep, results, device_configs, store, command=sys.argv,
                             on_event=_RunProgress(quiet or as_json), accept_new_host_key=accept_new_host_key,
                             references=references, cache_dir=options.cache.root)
-        report_path, report_error = _run_report(store, summary.run_id) if write_html else (None, None)
+        report_path, report_error = _run_report(store, summary.run_id) if report else (None, None)
         exit_code = max(summary.exit_code, EXIT_FAILURE) if report_error else summary.exit_code
         if as_json:
             click.echo(json.dumps({**summary.__dict__, "exit_code": exit_code, "db": str(store.path),

@@ -427,6 +427,8 @@ def run_cache(built_grid: BuiltGrid, tmp_path_factory: pytest.TempPathFactory) -
     return built_grid.copy(tmp_path_factory.mktemp("report-cache") / "cache")
 
 
+# conftest's cli_env turns the run's report off for every other test; these runs write theirs by default again.
+REPORT_ON = {"FARMBENCH_RUN_REPORT": "true"}
 QUICK = ("--runs", "20", "--min-s", "0", "--max-s", "30", "--warmup-runs", "2", "--warmup-min-s", "0",
          "--repeats", "1", "--eval-images", "8")
 
@@ -444,7 +446,8 @@ def real_run(run_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> RealR
     db = cwd / "results.db"
     proc = subprocess.run(cli_command("run", *GRID_FLAGS, "--quant", "fp32,int8", "--format", "tflite",
                                       "--device", "local", *QUICK, "--db", db),
-                          env=cli_env(run_cache), cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
+                          env=cli_env(run_cache, REPORT_ON), cwd=cwd, capture_output=True, text=True, timeout=900,
+                          check=False)
     return RealRun(proc, cwd, db)
 
 
@@ -468,8 +471,8 @@ def test_a_real_run_writes_its_report(real_run: RealRun, tmp_path: Path) -> None
 def test_no_report_suppresses_it(run_cache: Path, tmp_path: Path) -> None:
     proc = subprocess.run(cli_command("run", *GRID_FLAGS, "--quant", "fp32", "--format", "tflite", "--device",
                                       "local", *QUICK, "--no-drift", "--no-report", "--db", tmp_path / "r.db"),
-                          env=cli_env(run_cache), cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          check=False)
+                          env=cli_env(run_cache, REPORT_ON), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=900, check=False)
     assert proc.returncode == 0, describe(proc)
     assert "report:" not in proc.stdout and not (tmp_path / "reports").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("r.db")) == []
