@@ -324,10 +324,13 @@ def config_label(runtime: str, config: Mapping[str, Any], fmt: str | None) -> st
 
 
 def _device_names(devices: Iterable[DeviceInfo]) -> dict[str, str]:
-    """Identity -> display name; names two identities share get the identity's tail to tell them apart."""
+    """Identity -> display name. Names two devices share get the identity's tail to tell them apart; a device that
+    could not be reached is recorded under a placeholder identity (``<kind>:unreached:<name>``) and keeps its name,
+    so a board that was down in one run is the same board on the page."""
     devices = list(devices)
-    seen = Counter(d.name for d in devices)
-    return {d.identity: d.name if seen[d.name] == 1 else f"{d.name} ({d.identity[-12:]})" for d in devices}
+    seen = Counter(d.name for d in devices if ":unreached:" not in d.identity)
+    return {d.identity: d.name if seen[d.name] <= 1 or ":unreached:" in d.identity
+            else f"{d.name} ({d.identity[-12:]})" for d in devices}
 
 
 def _frame_rows(store: ResultStore, run_ids: Sequence[str]) -> dict[int, dict[str, Any]]:
