@@ -25,12 +25,12 @@ Latency, runtimes with raw samples (the agent, onnxruntime_perf_test with its re
 Why gate 3. Thousands of iterations of one session are not independent draws: a session (a fresh process) has its
 own placement, memory layout and share of the background load, so gate 1 with many samples calls every
 session-to-session wobble significant. On this project's shared 2-core VM the session medians of one run spread by
-4-10% and back-to-back runs of the same sweep differed by up to 24%: gates 1 and 2 alone flagged 19-48% of
-simulated A/A pairs with that spread. A plain t-test of the session medians against zero would still flag about
+4-10% (once 40%) and back-to-back runs of the same sweep differed by up to 34%: gates 1 and 2 alone flagged 19-48%
+of simulated A/A pairs with a 4-8% session spread. A plain t-test of the session medians against zero would still flag about
 alpha of them (0.9% measured), i.e. with 30 measurements a night, a red night in four. Testing against the
 threshold flags ~0 A/A pairs whatever the session noise, and keeps alpha as the rate of calling a change that is
 in truth just at the threshold. The price is power with few sessions: with 3 repeats on a quiet machine (1%
-session spread) a +8% change is caught about half the time and +15% always; 5 repeats catch +8% ~90% of the time.
+session spread) a +8% change is caught about half the time and +15% always; 5 repeats catch +8% ~85% of the time.
 This is pyperf's reason for spreading values over processes, made an explicit test. With one session on each side
 gate 3 cannot be computed and is skipped; the result says so.
 
@@ -59,6 +59,11 @@ candidate session failed). A failure where the baseline ran is blocking, like a 
 run and now does not -- e.g. an op the runtime does not know -- is the worst regression), unless it is transient (a
 device that could not be reached), which is a device failure (exit 1), not a finding. Failed in both runs is shown
 and not blocking. Trust flags of either side (high_cv, throttled, charging...) travel with every result.
+
+API: :func:`compare_runs` ``(store, baseline_run_id, candidate_run_id, thresholds) -> Comparison``, whose
+``results`` are :class:`MetricResult` (key, metric, verdict, medians, change, p-values, refused field, flags);
+:func:`resolve_baseline` / :func:`resolve_candidate` turn ``previous``, names and ``latest`` into runs. The pure
+statistics (:func:`compare_latency_samples`, :func:`compare_session_values`, :func:`compare_top1`) take numbers.
 """
 
 from __future__ import annotations
