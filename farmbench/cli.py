@@ -19,6 +19,7 @@ import click
 
 from farmbench import __version__
 from farmbench.errors import EXIT_FAILURE, EXIT_USAGE, FarmbenchError
+from farmbench.report.options import DEFAULT_HISTORY, DEFAULT_MIN_TOP1_AGREEMENT
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FARMBENCH", "max_content_width": 110}
 # Subcommands leave auto_envvar_prefix unset so click derives FARMBENCH_<COMMAND> from their parent; setting it
@@ -269,6 +270,8 @@ def _run_options(func: Any) -> Any:
               help="On first contact with an SSH board, record its host key (a changed key is always refused).")
 @click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, help="Parallel build workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+@click.option("--report/--no-report", "report", default=True,
+              help="Write the HTML report after the run (./reports/<run-id>.html, as `farmbench report`) [default: on].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 @cache_dir_option
 def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...], resolution: tuple[str, ...],
@@ -278,7 +281,8 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
         max_s: float | None, warmup_runs: int | None, warmup_min_s: float | None, repeats: int | None,
         affinity: str | None, order_seed: int | None, timeout_s: float | None, drift: bool | None,
         eval_images: int | None, eval_dir: Path | None, db_path: Path | None,
-        accept_new_host_key: bool, jobs: int, as_json: bool, quiet: bool, cache_dir: Path | None) -> None:
+        accept_new_host_key: bool, jobs: int, as_json: bool, report: bool, quiet: bool,
+        cache_dir: Path | None) -> None:
     """Build what is missing, then measure every variant on every device and store the results.
 
     Without --sweep or flags, runs the default sweep on this machine.
@@ -314,9 +318,12 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
         summary = run_sweep(sweep, results, device_configs, store, command=sys.argv,
                             on_event=_RunProgress(quiet or as_json), accept_new_host_key=accept_new_host_key,
                             references=references, cache_dir=options.cache.root)
+        report_path, report_error = _run_report(store, summary.run_id) if report else (None, None)
+        exit_code = max(summary.exit_code, EXIT_FAILURE) if report_error else summary.exit_code
         if as_json:
-            click.echo(json.dumps({**summary.__dict__, "exit_code": summary.exit_code, "db": str(store.path)},
-                                  indent=2, default=str))
+            click.echo(json.dumps({**summary.__dict__, "exit_code": exit_code, "db": str(store.path),
+                                   "report": None if report_path is None else str(report_path),
+                                   "report_error": report_error}, indent=2, default=str))
         else:
             _print_results(store, [summary.run_id])
             click.echo(f"\nrun {summary.run_id}: {summary.ok} ok, {summary.failed} failed, {summary.skipped}"
@@ -327,7 +334,24 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
                 click.echo(f"not built: {name}: {message}", err=True)
             for line in summary.not_planned:
                 click.echo(f"not planned: {line}", err=True)
-    sys.exit(summary.exit_code)
+            if report_path is not None:
+                click.echo(f"report: {report_path}")
+        if report_error:
+            click.echo(f"error: report not written: {report_error}", err=True)
+    sys.exit(exit_code)
+
+
+def _run_report(store: Any, run_id: str) -> tuple[Path | None, str | None]:
+    """The report after a run: its path, or why it could not be written. The run is stored by now, so a failure
+    here (even a bug) is reported and the command exits 1 instead of losing the run summary to a traceback."""
+    from farmbench.report import write_report
+
+    try:
+        return write_report(store, anchor=run_id), None
+    except FarmbenchError as exc:
+        return None, f"{exc.format()}\n  hint: farmbench report --run {run_id}"
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        return None, f"{type(exc).__name__}: {exc}\n  hint: farmbench report --run {run_id}; please report this bug"
 
 
 class _RunProgress:
@@ -465,6 +489,48 @@ def export(fmt: str, out: Path, run_ids: tuple[str, ...], db_path: Path | None) 
 
     with ResultStore(db_path, create=False) as store:
         path = store.export(out, fmt, list(run_ids) or None)
+    click.echo(f"wrote {path}")
+
+
+@cli.command(context_settings=SUBCOMMAND_CONTEXT)
+@click.option("--run", "run_ids", multiple=True, metavar="ID",
+              help="Report on these runs (repeatable); the newest is the one described, all of them make the trends.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="An .html file, or a directory for <run-id>.html [default: ./reports/<run-id>.html].")
+@click.option("--history", type=click.IntRange(min=1), default=DEFAULT_HISTORY, show_default=True,
+              help="Without --run: how many runs of the latest run's sweep to include, for the trends.")
+@click.option("--min-top1-agreement", type=click.FloatRange(0.0, 1.0), default=DEFAULT_MIN_TOP1_AGREEMENT,
+              show_default=True, help="Drift budget of 'which variant to ship': top-1 agreement with fp32, 0..1.")
+@click.option("--self-contained", is_flag=True,
+              help="Inline plotly.js (4.8 MB) in the page instead of writing plotly-<version>.min.js beside it.")
+@db_option
+def report(run_ids: tuple[str, ...], out: Path | None, history: int, min_top1_agreement: float,
+           self_contained: bool, db_path: Path | None) -> None:
+    """Write an HTML report of stored results that opens offline in any browser.
+
+    Which variant to ship on each device (the fastest within the drift budget), then per device: a sortable table
+    (p50/p90/p99 with CI, init, peak memory, energy, drift, trust flags), latency distributions, width x resolution
+    heatmaps, latency vs drift and vs energy, speed-up over fp32; devices side by side; trends across runs; run
+    context. `farmbench run` writes it too, unless --no-report.
+
+    \b
+    Runs: without --run, the latest run plus up to --history - 1 earlier runs of
+    the same sweep (same sweep file contents and flags) for the trends; with --run,
+    exactly those runs. The newest selected run is the one the report describes.
+    Output: ./reports/<run-id>.html under the current directory, with
+    plotly-<version>.min.js beside it (shared by every report in the folder).
+
+    \b
+    Examples:
+      farmbench report
+      farmbench report --run r20261121-023000-ab12 --out nightly.html --self-contained
+    """
+    from farmbench.report import ReportOptions, write_report
+    from farmbench.results.store import ResultStore
+
+    options = ReportOptions(history=history, min_top1_agreement=min_top1_agreement, self_contained=self_contained)
+    with ResultStore(db_path, create=False) as store:
+        path = write_report(store, list(run_ids), out, options=options)
     click.echo(f"wrote {path}")
 
 

@@ -149,3 +149,7 @@ class RunNotFoundError(StoreError):
     """A run id the user named is not in the results database (exit 2: a usage error)."""
 
     exit_code = EXIT_USAGE
+
+
+class ReportError(FarmbenchError):
+    """An HTML report could not be written (exit 1)."""

@@ -46,6 +46,9 @@ def cli_env(cache_dir: Path | None = None, extra: Mapping[str, str] | None = Non
         for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
             env[name] = UNREACHABLE_PROXY
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # `farmbench run` writes an HTML report under the working directory (the repository, for most tests): only the
+    # report tests ask for one (tests/test_report.py passes --report and sets this back to true).
+    env["FARMBENCH_RUN_REPORT"] = "false"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     if cache_dir is not None:
         env["FARMBENCH_CACHE_DIR"] = str(cache_dir)
