@@ -91,3 +91,21 @@ def test_without_the_host_the_first_device_cpu_is_the_reference(store: ResultSto
     assert [(p.reference.label, p.other.label) for p in pairs] == [("phone benchmark_model",
                                                                      "phone benchmark_model nnapi")]
     assert compare_executions(store, [store.start_run(sweep_name="t", sweep={}, plan=[], command=[])]) == []
+
+
+def test_the_report_shows_executions_side_by_side_escaped(store: ResultStore, tmp_path: Path) -> None:
+    from farmbench.report import write_report
+
+    run_id = store.start_run(sweep_name="s", sweep={}, plan=[], command=["farmbench"])
+    local = store.upsert_device("local:a", "desk", "local", {})
+    phone = store.upsert_device("adb:c", "<script>alert(1)</script>", "adb", {})
+    store.put_artifact("k-int8", "m_int8.tflite", "tflite", None, {"spec": {"quant": "int8", "format": "tflite"}})
+    base = _outputs(4)
+    _add(store, run_id, local, base)
+    _add(store, run_id, phone, base[::-1].copy(), runtime="benchmark_model", delegate="gpu")
+    page = write_report(store, [run_id], tmp_path / "report.html").read_text()
+    section = page[page.index("outputs across devices, runtimes and delegates"):]
+    assert "desk litert" in section and "&lt;script&gt;alert(1)&lt;/script&gt; benchmark_model gpu" in section
+    assert "<script>alert(1)" not in page
+    expected = drift(base, base[::-1].copy())
+    assert f"{expected.top1_agreement * 100:.1f}%" in section

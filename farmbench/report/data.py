@@ -30,6 +30,7 @@ import numpy as np
 
 from farmbench.errors import UsageError
 from farmbench.report.options import DEFAULT_HISTORY, DEFAULT_MAX_POINTS, DEFAULT_MIN_TOP1_AGREEMENT
+from farmbench.results.crossdrift import ExecutionDrift, compare_executions
 from farmbench.results.schema import DeviceInfo, MeasurementRecord, RunInfo
 from farmbench.results.scrub import scrub
 from farmbench.results.store import ResultStore
@@ -282,6 +283,8 @@ class ReportData:
     converter_versions: Mapping[str, str]
     counts_by_run: Mapping[str, Mapping[str, int]]
     records_by_run: Mapping[str, Sequence[MeasurementRecord]] = field(default_factory=dict)  # for the check
+    # The subject run's outputs of one variant on each device/runtime/delegate against a reference execution.
+    execution_drift: tuple[ExecutionDrift, ...] = ()
 
     def device_combos(self, device: str) -> list[Combo]:
         return [c for c in self.combos if c.device == device and c.ok]
@@ -315,6 +318,8 @@ def config_label(runtime: str, config: Mapping[str, Any], fmt: str | None) -> st
         parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
     if fmt == "tflite" and str(config.get("xnnpack", "on")).lower() in ("off", "false"):
         parts.append("XNNPACK off")
+    if config.get("delegate") not in (None, "", "cpu"):
+        parts.append(f"{str(config['delegate']).upper()} delegate")
     provider = config.get("ort_provider")
     if fmt == "onnx" and provider and provider != "CPUExecutionProvider":
         parts.append(str(provider).removesuffix("ExecutionProvider"))
@@ -683,4 +688,5 @@ def load_report_data(store: ResultStore, runs: Sequence[RunInfo], *,
         trend_marks="none", min_top1_agreement=min_top1_agreement, max_points=max_points,
         converter_versions=_converters(subject_records), counts_by_run=counts_by_run,
         records_by_run={run_id: tuple(group) for run_id, group in by_run.items()},
+        execution_drift=tuple(compare_executions(store, [subject.id])),
     )
