@@ -239,6 +239,8 @@ def _run_options(func: Any) -> Any:
                      help="auto, litert, tflite_runtime, tensorflow, onnxruntime."),
         click.option("--threads", multiple=True, metavar="N[,N]", help="Intra-op threads (an axis)."),
         click.option("--xnnpack", multiple=True, metavar="on|off", help="LiteRT XNNPACK delegate (an axis)."),
+        click.option("--delegate", "delegates", multiple=True, metavar="cpu|gpu|nnapi",
+                     help="TFLite delegate on Android phones (an axis; boards run cpu)."),
         click.option("--runs", type=int, default=None, help="Timed inferences (at least)."),
         click.option("--min-s", type=float, default=None, help="Timed runs last at least this long."),
         click.option("--max-s", type=float, default=None, help="Timed runs stop after this long."),
@@ -272,7 +274,7 @@ def _run_options(func: Any) -> Any:
 def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...], resolution: tuple[str, ...],
         quant: tuple[str, ...], formats: tuple[str, ...], weights: str | None, seed: int | None,
         minimalistic: bool | None, models: tuple[Path, ...], devices: tuple[str, ...], runtimes: tuple[str, ...],
-        threads: tuple[str, ...], xnnpack: tuple[str, ...], runs: int | None, min_s: float | None,
+        threads: tuple[str, ...], xnnpack: tuple[str, ...], delegates: tuple[str, ...], runs: int | None, min_s: float | None,
         max_s: float | None, warmup_runs: int | None, warmup_min_s: float | None, repeats: int | None,
         affinity: str | None, order_seed: int | None, timeout_s: float | None, drift: bool | None,
         eval_images: int | None, eval_dir: Path | None, db_path: Path | None,
@@ -298,7 +300,7 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
                                 minimalistic, models)
     sweep = config.merge_run_overrides(sweep, {
         "devices": _join(devices), "runtime": _join(runtimes), "threads": _join(threads),
-        "xnnpack": _join(xnnpack), "runs": runs, "min_s": min_s, "max_s": max_s, "warmup_runs": warmup_runs,
+        "xnnpack": _join(xnnpack), "delegate": _join(delegates), "runs": runs, "min_s": min_s, "max_s": max_s, "warmup_runs": warmup_runs,
         "warmup_min_s": warmup_min_s, "repeats": repeats, "affinity": affinity, "order_seed": order_seed,
         "timeout_s": timeout_s, "drift": drift, "eval_images": eval_images,
         "eval_dir": None if eval_dir is None else str(eval_dir.resolve()),
@@ -378,7 +380,9 @@ def _print_results(store: Any, run_ids: Sequence[str] | None) -> None:
         ci = "" if r.ci95_low_us != r.ci95_low_us or r.ci95_low_us is None else \
             f"{r.ci95_low_us / 1000:.3f}-{r.ci95_high_us / 1000:.3f}"
         version = "" if r.runtime_version is None or pd.isna(r.runtime_version) else r.runtime_version
-        rows.append((r.device, r.artifact, f"{r.runtime} {version}".strip(), r.threads, r.status,
+        runtime = " ".join(part for part in (r.runtime, version, "" if r.delegate == "cpu" else r.delegate,
+                                             "no-xnnpack" if r.xnnpack == "off" else "") if part)
+        rows.append((r.device, r.artifact, runtime, r.threads, r.status,
                      ms(r.p50_us), ms(r.p90_us), ms(r.p99_us), ci,
                      "" if r.init_ms != r.init_ms or r.init_ms is None else f"{r.init_ms:.1f}",
                      "" if r.peak_rss_mb != r.peak_rss_mb or r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
@@ -388,6 +392,23 @@ def _print_results(store: Any, run_ids: Sequence[str] | None) -> None:
     click.echo(table(["device", "artifact", "runtime", "thr", "status", "p50 ms", "p90 ms", "p99 ms",
                       "p50 95% CI", "init ms", "RSS MB", "mW", "mJ/inf", "temp C", "top1 agr", "KL",
                       "flags / error"], rows, right=(3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15)))
+    _print_execution_drift(store, run_ids)
+
+
+def _print_execution_drift(store: Any, run_ids: Sequence[str] | None) -> None:
+    """The same variant's outputs across devices, runtimes and delegates (when more than one ran it)."""
+    from farmbench.results.crossdrift import compare_executions
+    from farmbench.ui import table
+
+    pairs = compare_executions(store, run_ids)
+    if not pairs:
+        return
+    click.echo("\noutputs of the same variant across devices and delegates (against the first column):")
+    click.echo(table(["artifact", "reference", "compared", "n", "top1 agr", "top5", "KL", "cos min", "max abs err"],
+                     [(p.artifact, p.reference.label, p.other.label, p.metrics.n,
+                       f"{p.metrics.top1_agreement:.0%}", f"{p.metrics.top5_overlap:.0%}",
+                       f"{p.metrics.kl_mean:.2g}", f"{p.metrics.cosine_min:.4f}", f"{p.metrics.max_abs_error:.2g}")
+                      for p in pairs], right=(3, 4, 5, 6, 7, 8)))
 
 
 def _temperatures(before_c: Any, after_c: Any) -> str:
@@ -420,8 +441,11 @@ def results(run_ids: tuple[str, ...], all_runs: bool, fmt: str, db_path: Path | 
         selected = None if all_runs else (list(run_ids) or [runs_info[-1].id])
         if fmt == "json":
             chosen = [r for r in runs_info if selected is None or r.id in selected]
+            from farmbench.results.crossdrift import compare_executions
+
             click.echo(json.dumps({"runs": [r.to_json() for r in chosen],
-                                   "measurements": json.loads(store.frame(selected).to_json(orient="records"))},
+                                   "measurements": json.loads(store.frame(selected).to_json(orient="records")),
+                                   "execution_drift": [p.to_json() for p in compare_executions(store, selected)]},
                                   indent=2, default=str))
             return
         for info in runs_info:

@@ -505,6 +505,7 @@ SWEEP_FIELDS: tuple[Field, ...] = (
 
 RUNTIMES = ("auto", "litert", "tflite_runtime", "tensorflow", "onnxruntime")
 ORT_OPT_LEVELS = ("disable", "basic", "extended", "all")
+DELEGATES = ("cpu", "gpu", "nnapi")
 
 RUN_FIELDS: tuple[Field, ...] = (
     Field("devices", "str_list", default=("local",),
@@ -513,6 +514,9 @@ RUN_FIELDS: tuple[Field, ...] = (
           doc="runtimes: auto (litert, else tflite_runtime, else tensorflow for .tflite; onnxruntime for .onnx)"),
     Field("threads", "int_list", default=(1,), min_value=1, doc="intra-op threads, each >= 1"),
     Field("xnnpack", "str_list", default=("on",), choices=("on", "off"), doc="LiteRT XNNPACK delegate on/off"),
+    Field("delegate", "str_list", default=("cpu",), choices=DELEGATES,
+          doc="TFLite delegate on Android phones (benchmark_model --use_gpu / --use_nnapi): cpu, gpu, nnapi;"
+              " boards and this machine run cpu only"),
     Field("ort_provider", "str", default="CPUExecutionProvider", doc="ONNX Runtime execution provider"),
     Field("ort_opt_level", "str", default="all", choices=ORT_OPT_LEVELS, doc="ONNX Runtime graph optimisation"),
     Field("warmup_runs", "int", default=5, min_value=0, doc="warm-up inferences before timing (at least)"),
@@ -592,6 +596,7 @@ class RunConfig:
     drift: bool = True
     eval_images: int = 64
     eval_dir: str = ""
+    delegate: tuple[str, ...] = ("cpu",)
 
 
 def _run_config(doc: TomlDocument, key_path: KeyPath, values: Mapping[str, Any]) -> RunConfig:

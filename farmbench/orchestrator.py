@@ -154,11 +154,20 @@ def make_plan(artifacts: Sequence[BuildResult], devices: Sequence[DeviceConfig],
                 continue
             # XNNPACK is a TFLite delegate; for ONNX the axis collapses to one value.
             xnnpack_axis = run.xnnpack if fmt == "tflite" else ("on",)
-            for runtime, threads, xnnpack in itertools.product(runtimes, run.threads, xnnpack_axis):
+            # GPU and NNAPI delegates exist only in benchmark_model on phones; ONNX uses ort_provider instead.
+            delegate_axis = run.delegate if fmt == "tflite" else ("cpu",)
+            if device.kind != "adb" and any(d != "cpu" for d in delegate_axis):
+                not_planned.append(f"{artifact.name} on {device.name}: delegate"
+                                   f" {', '.join(d for d in delegate_axis if d != 'cpu')} is measured on Android"
+                                   f" phones only (benchmark_model); this {device.kind} device runs cpu")
+                delegate_axis = tuple(d for d in delegate_axis if d == "cpu")
+            for runtime, threads, xnnpack, delegate in itertools.product(runtimes, run.threads, xnnpack_axis,
+                                                                         delegate_axis):
                 combos.append((artifact, RunSpec(
                     runtime=runtime, threads=threads, xnnpack=xnnpack, ort_provider=run.ort_provider,
                     ort_opt_level=run.ort_opt_level, warmup_runs=run.warmup_runs, warmup_min_s=run.warmup_min_s,
-                    runs=run.runs, min_s=run.min_s, max_s=run.max_s, affinity=run.affinity, seed=run.order_seed)))
+                    runs=run.runs, min_s=run.min_s, max_s=run.max_s, affinity=run.affinity, seed=run.order_seed,
+                    delegate=delegate)))
         combos_by_device[device.name] = combos
     index = 0
     for device in devices:
@@ -299,8 +308,10 @@ def _with_drift(session: BoardSession | PhoneSession, item: PlanItem, record: Me
         else:
             outputs = session.output_tensors(remote, facts, inputs, threads=int(record.config.get("threads") or 1),
                                              xnnpack=record.config.get("xnnpack") == "on",
+                                             delegate=str(record.config.get("delegate") or "cpu"),
                                              timeout_s=run.timeout_s)[0]
-        return replace(record, drift=drift_document(outputs, reference, evalset, twin))
+        outputs = outputs.reshape(reference.shape)
+        return replace(record, drift=drift_document(outputs, reference, evalset, twin), outputs=outputs)
     except FarmbenchError as exc:
         return replace(record, drift={"error": exc.format()}, flags=[*record.flags, "drift_failed"])
 

@@ -8,6 +8,7 @@ top-1 class varies across the evaluation set (with constant outputs, every drift
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,46 @@ def test_drift_on_an_emulated_phone(adb_emulator: Any, cache: Path, tmp_path: Pa
     records = run(device, "tflite", cache, db)
     remember_names(db)
     check_drift(records, ("tflite",))
+
+
+def test_outputs_compared_across_devices_and_delegates(board: Board, adb_emulator: Any, cache: Path,  # noqa: F811
+                                                       tmp_path: Path, sshd: SshdPeer) -> None:
+    """One variant on this machine, the SSH board and the emulated phone (CPU, GPU and NNAPI delegates): outputs
+    are stored with each measurement and compared between executions after the run. Every execution here runs the
+    same LiteRT kernels, so they agree exactly; the emulator has no GPU (benchmark_model fails to apply the
+    delegate: a failed record), and the GPU/NNAPI axis is not planned on the board or this machine."""
+    emulator = adb_emulator(auth="accept-new")
+    binary = install_benchmark_model(tmp_path / "tools" / "benchmark_model")
+    phone = tmp_path / "phone.toml"
+    phone.write_text(f'kind = "adb"\nhost = "127.0.0.1"\nport = {emulator.port}\n'
+                     f'key_file = "{tmp_path / "keys" / "adbkey"}"\nbenchmark_model = "{binary}"\n')
+    db = tmp_path / "cross.db"
+    proc = subprocess.run(cli_command("run", *GRID_FLAGS, "--quant", "fp32,int8", "--format", "tflite",
+                                      "--device", "local", "--device", str(board.device_file("cross-board")),
+                                      "--device", str(phone), "--delegate", "cpu,gpu,nnapi", *QUICK,
+                                      "--repeats", "1", "--db", db),
+                          env=cli_env(cache, None), capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 1, describe(proc)  # the GPU delegate failed on the phone
+    assert "measured on Android phones only" in proc.stdout + proc.stderr, describe(proc)
+    with ResultStore(db, create=False) as store:
+        frame = store.frame()
+    by_delegate = {d: frame[frame["delegate"] == d] for d in ("cpu", "gpu", "nnapi")}
+    assert set(by_delegate["gpu"]["device"]) == {"phone"} and set(by_delegate["nnapi"]["device"]) == {"phone"}
+    assert (by_delegate["gpu"]["status"] == "failed").all()
+    assert by_delegate["gpu"]["error_message"].str.contains("GPU", case=False).all(), by_delegate["gpu"]
+    assert (by_delegate["nnapi"]["status"] == "ok").all() and (by_delegate["cpu"]["status"] == "ok").all()
+    assert len(by_delegate["cpu"]) == 6  # 2 artifacts x 3 devices
+
+    shown = subprocess.run(cli_command("results", "--format", "json", "--db", db), env=cli_env(cache, None),
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert shown.returncode == 0, describe(shown)
+    pairs = json.loads(shown.stdout)["execution_drift"]
+    compared = {(p["artifact"].rsplit("_", 1)[1], p["other"]["label"]) for p in pairs}
+    assert compared == {(f"{q}.tflite", label) for q in ("fp32", "int8")
+                        for label in ("cross-board litert", "phone benchmark_model", "phone benchmark_model nnapi")}
+    for pair in pairs:
+        assert pair["reference"]["label"] == "local litert" and pair["n"] == EVAL_IMAGES
+        assert pair["top1_agreement"] == 1.0 and pair["max_abs_error"] < 1e-6, pair
+    table = subprocess.run(cli_command("results", "--db", db), env=cli_env(cache, None), capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert "across devices and delegates" in table.stdout and "phone benchmark_model nnapi" in table.stdout, table.stdout

@@ -308,9 +308,10 @@ def test_v1_database_is_migrated(tmp_path: Path) -> None:
     old.close()
 
     with ResultStore(db) as migrated:
-        assert migrated.schema_version() == SCHEMA_VERSION == 4
+        assert migrated.schema_version() == SCHEMA_VERSION == 5
         conn = sqlite3.connect(db)
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert conn.execute("SELECT count(*) FROM outputs").fetchone() == (0,)
         conn.close()
         assert {"measurements_by_run_plan", "measurements_by_device_artifact", "runs_by_sweep"} <= indexes
         [record] = migrated.measurements()
@@ -321,7 +322,7 @@ def test_v1_database_is_migrated(tmp_path: Path) -> None:
         # v3: an old measurement has no telemetry, which reads as None, not as zeros.
         assert record.power is None and record.thermal is None and record.drift is None
         assert record.power_samples is None and pd.isna(row["energy_per_inference_mj"])
-        # v4: no baselines yet, and one can be set on the migrated run.
+        # v5: no baselines yet, and one can be set on the migrated run.
         assert migrated.baselines() == []
         migrated.set_baseline("nightly", "r20260101-000000-aaaa")
         assert [b.run_id for b in migrated.baselines()] == ["r20260101-000000-aaaa"]

@@ -17,6 +17,7 @@ detects a phone reporting mA with the current positive while discharging.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -289,7 +290,8 @@ def test_energy_per_inference_and_the_cooldown_gate(transport: str, devices: Dev
     assert thermal is not None and thermal["gate"] == "on" and not thermal["errors"], thermal
     (zone,) = thermal["zones"].values()
     assert zone["gate_start_c"] == 70.0 and zone["before_c"] == 40.0 and zone["after_c"] == 40.0, thermal
-    assert thermal["waited_s"] >= 0.5 and not thermal["timed_out"] and thermal["polls"] >= 3
+    # At least one hot reading and the cool one; how many polls fit in the wait depends on the machine's load.
+    assert thermal["waited_s"] >= 0.5 and not thermal["timed_out"] and thermal["polls"] >= 2
     assert row["max_temp_before_c"] == 40.0 and row["max_temp_after_c"] == 40.0
     assert not thermal["throttled"] and "hot_before_run" not in record.flags and "throttled" not in record.flags
     assert thermal["thermalservice_before"] is None  # the emulator has no dumpsys: not an error
@@ -323,6 +325,29 @@ def test_charging_and_a_zone_over_its_trip_point_are_flagged(transport: str, dev
     assert any("passive trip point 45" in reason for reason in thermal["throttle_reasons"]), thermal
     assert thermal["max_temp_before_c"] == 50.0
     assert time.monotonic() - started < 300
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_probe_shows_the_thermal_zones_and_the_power_source(transport: str, devices: Devices,
+                                                            tmp_path: Path) -> None:
+    device, sysfs = devices.make(transport, POWER_TABLE + GATE_TABLE)
+    sysfs.lay_out(temp_mc=41500)
+    proc = subprocess.run(cli_command("devices", "--probe", "-d", device), env=cli_env(tmp_path / "cache", None),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, describe(proc)
+    lines = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in proc.stdout.splitlines()[1:] if line.strip()}
+    assert lines["thermal"] == "cpu-thermal 41.5 C; cooldown gate on", proc.stdout
+    assert lines["power"].startswith("android-battery (") and "at 50 Hz; timed runs >= 3 s" in lines["power"]
+    # A power source the device does not have: the probe says why, and still succeeds.
+    (sysfs.battery / "current_now").unlink()
+    (sysfs.battery / "voltage_now").unlink()
+    as_json = subprocess.run(cli_command("devices", "--probe", "--json", "-d", device),
+                             env=cli_env(tmp_path / "cache", None), capture_output=True, text=True, timeout=120,
+                             check=False)
+    assert as_json.returncode == 0, describe(as_json)
+    report = json.loads(as_json.stdout)[0]
+    assert report["telemetry"]["thermal_zones"] == [{"zone": "thermal_zone0", "type": "cpu-thermal", "temp_c": 41.5}]
+    assert report["summary"]["power"].startswith("android-battery: unavailable"), report["summary"]
 
 
 @pytest.mark.slow

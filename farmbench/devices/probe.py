@@ -6,6 +6,7 @@ from typing import Any
 
 from farmbench.devices.config import DeviceConfig
 from farmbench.errors import FarmbenchError
+from farmbench.transports.base import Transport
 
 
 def probe_device(device: DeviceConfig, *, accept_new_host_key: bool = False) -> dict[str, Any]:
@@ -22,6 +23,7 @@ def probe_device(device: DeviceConfig, *, accept_new_host_key: bool = False) -> 
     try:
         probe = session.prepare()
         report["identity"] = session.identity()
+        telemetry = _telemetry(device, session.transport)
     except FarmbenchError as exc:
         return {**report, "status": "unusable", "error": exc.format()}
     finally:
@@ -47,7 +49,9 @@ def probe_device(device: DeviceConfig, *, accept_new_host_key: bool = False) -> 
             "python": probe.get("python_version"),
             "runtimes": ", ".join(runtimes) or "none",
             "free disk": f"{free / 2**30:.1f} GiB in {probe.get('work_dir')}" if free else "unknown",
+            **telemetry.pop("summary"),
         },
+        "telemetry": telemetry,
     })
     return report
 
@@ -63,6 +67,7 @@ def _probe_phone(device: DeviceConfig, report: dict[str, Any]) -> dict[str, Any]
     try:
         session.prepare()
         report["identity"] = session.identity()
+        telemetry = _telemetry(device, session.transport)
     except FarmbenchError as exc:
         return {**report, "status": "unusable", "error": exc.format()}
     finally:
@@ -87,6 +92,56 @@ def _probe_phone(device: DeviceConfig, report: dict[str, Any]) -> dict[str, Any]
             "rooted": "yes" if context.get("rooted") else "no",
             "binary": session.binary_path or "no benchmark_model configured",
             "onnx": session.ort_perf_test_path or "no onnxruntime_perf_test configured (ONNX files are skipped)",
+            **telemetry.pop("summary"),
         },
+        "telemetry": telemetry,
     })
     return report
+
+
+def _telemetry(device: DeviceConfig, transport: Transport) -> dict[str, Any]:
+    """What power and thermal telemetry a run will measure on this device: the watched thermal zones (with the
+    temperature now) and the power source with what it reads (rails, RAPL domains, battery node, command), or why
+    it cannot. ``summary`` holds the two lines the probe prints."""
+    from farmbench.runners.telemetry import DeviceTelemetry
+
+    telemetry = DeviceTelemetry(device, transport)
+    telemetry.prepare()
+    zones = [{"zone": z.zone, "type": z.type, "temp_c": z.temp_c} for z in telemetry.watched]
+    shown = ", ".join(f"{z.type} {z.temp_c:.1f} C" if z.temp_c is not None else f"{z.type} ?"
+                      for z in telemetry.watched[:6])
+    more = f" (+{len(telemetry.watched) - 6} more)" if len(telemetry.watched) > 6 else ""
+    gate = "cooldown gate on" if telemetry.gate_on else "no [thermal] table: temperatures recorded, no cooldown wait"
+    thermal_line = f"{shown}{more}; {gate}" if zones else f"no thermal zones matched; {gate}"
+    document: dict[str, Any] = {"thermal_zones": zones, "cooldown_gate": telemetry.gate_on,
+                                "notes": list(telemetry.notes)}
+    config, plan = telemetry.power_config, telemetry.plan
+    if config is None:
+        power_line = "none configured (add a [power] table to measure energy per inference)"
+    elif plan is None or not telemetry.power_on:
+        power_line = f"{config.source}: unavailable: {(telemetry.power_error or 'unknown').splitlines()[0]}"
+        document["power_error"] = telemetry.power_error
+    elif missing := _unreadable(transport, [channel.path for channel in plan.channels
+                                            if not channel.name.startswith(("power.online.", "power.status"))]):
+        power_line = f"{config.source}: unavailable: cannot read {', '.join(missing)}"
+        document["power_error"] = power_line
+    else:
+        reads = [rail.label for rail in plan.rails] or [domain.name for domain in plan.domains]
+        if plan.command:
+            reads = [f"command {plan.command!r}"]
+        if not reads:
+            reads = [channel.path for channel in plan.channels[:2]]
+        power_line = (f"{config.source} ({', '.join(reads)}) at {config.rate_hz:g} Hz;"
+                      f" timed runs >= {config.min_window_s:g} s")
+        document.update(power_source=config.source, reads=reads, notes=[*document["notes"], *plan.notes])
+    document["summary"] = {"thermal": thermal_line, "power": power_line}
+    return document
+
+
+def _unreadable(transport: Transport, paths: list[str]) -> list[str]:
+    """The files among ``paths`` this device will not let the sampler read (missing, or root-only)."""
+    if not paths:
+        return []
+    completed = transport.run(["sh", "-c", 'for f in "$@"; do cat "$f" >/dev/null 2>&1 || echo "$f"; done', "sh",
+                               *paths], timeout_s=30)
+    return [line for line in completed.stdout.splitlines() if line.strip()]

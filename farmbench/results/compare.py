@@ -103,7 +103,9 @@ UNITS: dict[str, str] = {LATENCY: "us", ENERGY: "mJ", DRIFT: "%"}
 
 # Runtime configuration that tells measurements apart (a sweep axis or setting); protocol fields (how long, how
 # many runs) are not part of it: changing them is noted, not refused.
-MATCH_CONFIG_FIELDS: tuple[str, ...] = ("threads", "xnnpack", "ort_provider", "ort_opt_level", "affinity")
+MATCH_CONFIG_FIELDS: tuple[str, ...] = ("threads", "xnnpack", "delegate", "ort_provider", "ort_opt_level", "affinity")
+# Fields added to the configuration later: records written before them ran with this value.
+_CONFIG_DEFAULTS: dict[str, str] = {"delegate": "cpu"}
 PROTOCOL_FIELDS: tuple[str, ...] = ("warmup_runs", "warmup_min_s", "runs", "min_s", "max_s", "power_min_window_s")
 # Flags that describe the data rather than doubt it; shown elsewhere (aggregate_only is the result's mode).
 _QUIET_FLAGS = frozenset({"aggregate_only", "no_thermal_zones"})
@@ -156,6 +158,8 @@ class MatchKey:
         parts = [self.runtime, f"t{values.get('threads', '?')}"]
         if values.get("xnnpack") == "off":
             parts.append("xnnpack off")
+        if values.get("delegate") not in (None, "", "cpu"):
+            parts.append(str(values["delegate"]))
         if self.runtime in ("onnxruntime", "onnxruntime_perf_test"):
             if values.get("ort_provider") not in (None, "", "CPUExecutionProvider"):
                 parts.append(str(values["ort_provider"]))
@@ -532,7 +536,7 @@ def _variant(artifacts: Mapping[str, ArtifactInfo], key: str) -> tuple[str, str]
 
 
 def _config_key(record: MeasurementRecord) -> tuple[tuple[str, str], ...]:
-    return tuple((name, _text(record.config.get(name, ""))) for name in MATCH_CONFIG_FIELDS)
+    return tuple((name, _text(record.config.get(name, _CONFIG_DEFAULTS.get(name, "")))) for name in MATCH_CONFIG_FIELDS)
 
 
 def _group(records: Iterable[MeasurementRecord], devices: Mapping[int, DeviceInfo],

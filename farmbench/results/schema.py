@@ -8,7 +8,9 @@ Schema history (``PRAGMA user_version`` holds the version; each step below runs 
 * v3 -- telemetry beside latency: ``power_json`` (source, idle and window power, energy per inference),
   ``power_samples`` (raw samples, ``power_samples_format``), ``thermal_json`` (temperatures before/after, cooldown,
   throttling) and ``drift_json`` (outputs against the fp32 reference on the evaluation set).
-* v4 -- ``baselines``: named pointers to runs for regression checks (``farmbench baseline set NAME RUN``); setting a
+* v4 -- ``outputs``: the output tensor a measurement produced on the evaluation set (one row per measurement that
+  ran the drift pass), so outputs can be compared between devices and delegates after the fact.
+* v5 -- ``baselines``: named pointers to runs for regression checks (``farmbench baseline set NAME RUN``); setting a
   name again moves it (``set_at`` says when).
 
 Steps are frozen once released: a change is a new step appended to ``MIGRATIONS``, never an edit of an old one
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -41,6 +44,9 @@ MEASUREMENT_STATUSES: tuple[str, ...] = ("ok", "failed", "skipped")
 # samples_format names the encoding so another one can be added without a migration.
 SAMPLES_FORMAT_F64LE = "f64le"
 POWER_SAMPLES_FORMAT = "t_s,power_mw:f64le"
+# Output tensors (evaluation images x classes) as zlib-compressed little-endian float32: dequantised int8 outputs
+# hold at most 256 distinct values and compress several-fold; float logits barely, but cost ~256 KB per 64 images.
+OUTPUTS_FORMAT = "f32le+zlib"
 
 
 def _in(values: Sequence[str]) -> str:
@@ -132,7 +138,19 @@ def _v3_telemetry(conn: sqlite3.Connection) -> None:
     """)
 
 
-def _v4_baselines(conn: sqlite3.Connection) -> None:
+def _v4_outputs(conn: sqlite3.Connection) -> None:
+    _execute_all(conn, """
+        CREATE TABLE outputs (
+            measurement_id INTEGER PRIMARY KEY REFERENCES measurements(id),
+            format         TEXT NOT NULL,
+            shape_json     TEXT NOT NULL,
+            evalset        TEXT,
+            data           BLOB NOT NULL
+        )
+    """)
+
+
+def _v5_baselines(conn: sqlite3.Connection) -> None:
     _execute_all(conn, """
         CREATE TABLE baselines (
             name   TEXT PRIMARY KEY,
@@ -144,7 +162,8 @@ def _v4_baselines(conn: sqlite3.Connection) -> None:
 
 # MIGRATIONS[i] takes a database at version i to version i + 1; a new database runs them all. The store runs
 # each step inside its own BEGIN IMMEDIATE ... COMMIT and sets user_version in the same transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_tables, _v2_indexes, _v3_telemetry, _v4_baselines]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_tables, _v2_indexes, _v3_telemetry, _v4_outputs, _v5_baselines]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -176,6 +195,17 @@ def decode_samples(blob: bytes | None, fmt: str | None) -> list[float] | None:
     if fmt != SAMPLES_FORMAT_F64LE:
         raise ValueError(f"unknown samples format {fmt!r}")
     return [float(v) for v in np.frombuffer(blob, dtype="<f8")]
+
+
+def encode_outputs(outputs: np.ndarray) -> tuple[bytes, str, list[int]]:
+    values = np.ascontiguousarray(outputs, dtype="<f4")
+    return zlib.compress(values.tobytes(), 6), OUTPUTS_FORMAT, [int(n) for n in values.shape]
+
+
+def decode_outputs(blob: bytes, fmt: str, shape: Sequence[int]) -> np.ndarray:
+    if fmt != OUTPUTS_FORMAT:
+        raise ValueError(f"unknown outputs format {fmt!r}")
+    return np.frombuffer(zlib.decompress(blob), dtype="<f4").reshape(tuple(shape)).astype(np.float32)
 
 
 def _load(text: str | None, default: Any) -> Any:
@@ -283,6 +313,9 @@ class MeasurementRecord:
 
     ``power`` (summary), ``power_samples`` (raw ``(device time s, power mW)``), ``thermal`` and ``drift`` are None
     when not measured; their documents are described in :mod:`farmbench.telemetry` and :mod:`farmbench.results.drift`.
+    ``outputs`` is the output tensor of the drift pass (evaluation images x classes, float32): written with the
+    record into the ``outputs`` table, read back with ``ResultStore.outputs`` (records read from the store carry
+    None here, so listing measurements stays cheap).
     """
 
     run_id: str
@@ -312,6 +345,7 @@ class MeasurementRecord:
     power_samples: list[tuple[float, float]] | None = None
     thermal: dict[str, Any] | None = None
     drift: dict[str, Any] | None = None
+    outputs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.status not in MEASUREMENT_STATUSES:
@@ -340,7 +374,9 @@ class MeasurementRecord:
         }
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, outputs=None))
+        data["outputs_shape"] = None if self.outputs is None else list(self.outputs.shape)
+        del data["outputs"]
         data["latency"] = self.latency.to_json() if self.latency else None
         return data
 

@@ -37,6 +37,8 @@ from farmbench.results.schema import (
     DeviceInfo,
     MeasurementRecord,
     RunInfo,
+    decode_outputs,
+    encode_outputs,
     encode_power_samples,
     encode_samples,
 )
@@ -45,6 +47,7 @@ from farmbench.results.stats import summarize
 from farmbench.variants.spec import canonical_hash
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 BUSY_TIMEOUT_S = 30.0
@@ -56,7 +59,8 @@ EXPORT_FORMATS: tuple[str, ...] = ("csv", "parquet", "json")
 FRAME_COLUMNS: dict[str, str | None] = {
     "run_id": None, "device": None, "device_identity": None, "artifact": None,
     "family": None, "width": "float64", "resolution": "Int64", "quant": None, "format": None,
-    "runtime": None, "runtime_version": None, "threads": "Int64", "status": None,
+    "runtime": None, "runtime_version": None, "threads": "Int64", "delegate": None, "xnnpack": None,
+    "status": None,
     "p50_us": "float64", "p90_us": "float64", "p99_us": "float64", "mean_us": "float64", "std_us": "float64",
     "cv": "float64", "min_us": "float64", "ci95_low_us": "float64", "ci95_high_us": "float64",
     "n_samples": "Int64", "init_ms": "float64", "peak_rss_mb": "float64",
@@ -367,6 +371,7 @@ class ResultStore:
         now = utc_now()
         samples, samples_format = encode_samples(record.samples_us)
         power_samples, power_format = encode_power_samples(record.power_samples)
+        outputs = None if record.outputs is None or record.status != "ok" else encode_outputs(record.outputs)
         with self._transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO measurements (run_id, device_id, artifact_key, artifact_sha256, plan_index, repeat,"
@@ -383,12 +388,40 @@ class ResultStore:
                  None if record.thermal is None else _json(record.thermal),
                  None if record.drift is None else _json(record.drift)),
             )
-        assert cursor.lastrowid is not None
+            assert cursor.lastrowid is not None
+            if outputs is not None:
+                evalset = (record.drift or {}).get("evalset") or {}
+                conn.execute("INSERT INTO outputs (measurement_id, format, shape_json, evalset, data)"
+                             " VALUES (?, ?, ?, ?, ?)",
+                             (cursor.lastrowid, outputs[1], _json(outputs[2]), evalset.get("digest"), outputs[0]))
         return int(cursor.lastrowid)
 
-    def measurements(self, run_ids: Sequence[str] | None = None) -> list[MeasurementRecord]:
-        """Measurement records with their raw samples, oldest first; all runs, or those named."""
-        return self._select_measurements(run_ids, with_samples=True)
+    def outputs(self, measurement_ids: Iterable[int]) -> dict[int, tuple[np.ndarray, str | None]]:
+        """The stored output tensors of these measurements, with the digest of the evaluation set they were
+        computed on; measurements without outputs are absent."""
+        ids = [int(i) for i in measurement_ids]
+        found: dict[int, tuple[np.ndarray, str | None]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT measurement_id, format, shape_json, evalset, data FROM outputs"
+                    f" WHERE measurement_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+            for row in rows:
+                found[int(row["measurement_id"])] = (
+                    decode_outputs(row["data"], row["format"], json.loads(row["shape_json"])), row["evalset"])
+        return found
+
+    def measurements(self, run_ids: Sequence[str] | None = None, *,
+                     with_samples: bool = True) -> list[MeasurementRecord]:
+        """Measurement records with their raw samples (unless ``with_samples`` is false), oldest first; all runs,
+        or those named."""
+        return self._select_measurements(run_ids, with_samples=with_samples)
+
+    def artifact_names(self) -> dict[str, str]:
+        """Artifact key -> file name, for every artifact ever measured."""
+        with self._lock:
+            return {row["key"]: row["name"] for row in self._conn.execute("SELECT key, name FROM artifacts")}
 
     def _select_measurements(self, run_ids: Sequence[str] | None, *, with_samples: bool) -> list[MeasurementRecord]:
         columns = ", ".join(f"NULL AS {c}" if c in ("samples", "power_samples") and not with_samples else c
@@ -436,6 +469,7 @@ class ResultStore:
                 "artifact": artifact["name"], **{f: spec.get(f) for f in _SPEC_FIELDS},
                 "format": spec.get("format") or artifact["format"], "runtime": record.runtime,
                 "runtime_version": record.runtime_version, "threads": record.config.get("threads"),
+                "delegate": record.config.get("delegate") or "cpu", "xnnpack": record.config.get("xnnpack"),
                 "status": record.status, **{f: latency.get(f) for f in _LATENCY_FIELDS},
                 "n_samples": latency.get("n"), "init_ms": record.init_ms, "peak_rss_mb": record.peak_rss_mb,
                 **{f: (record.power or {}).get(f) for f in _POWER_FIELDS},

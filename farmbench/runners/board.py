@@ -81,6 +81,7 @@ class RunSpec:
     max_s: float
     affinity: str = ""
     seed: int = 0
+    delegate: str = "cpu"  # the TFLite delegate besides XNNPACK: gpu/nnapi only through benchmark_model on phones
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

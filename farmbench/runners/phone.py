@@ -135,6 +135,7 @@ class PhoneSession:
             graph=remote_model, num_threads=spec.threads, warmup_runs=spec.warmup_runs,
             warmup_min_secs=spec.warmup_min_s, num_runs=spec.runs, min_secs=spec.min_s, max_secs=spec.max_s,
             use_xnnpack=spec.xnnpack == "on", report_peak_memory_footprint=True,
+            use_gpu=True if spec.delegate == "gpu" else None, use_nnapi=True if spec.delegate == "nnapi" else None,
         )
         mask = None
         if spec.affinity:
@@ -145,7 +146,7 @@ class PhoneSession:
         return completed.stdout + completed.stderr, run
 
     def output_tensors(self, remote_model: str, facts: ModelFacts, samples: np.ndarray, *, threads: int = 1,
-                       xnnpack: bool | None = None, timeout_s: float) -> list[np.ndarray]:
+                       xnnpack: bool | None = None, delegate: str = "cpu", timeout_s: float) -> list[np.ndarray]:
         """Run the model once per sample on the phone and return its outputs: one float32 array per model output,
         ``(len(samples), ...)``, dequantised. Each sample (float values, one input) goes over as the raw bytes of
         the input tensor (pushed by hash, so the evaluation set is uploaded once per phone and input type), through
@@ -181,7 +182,8 @@ class PhoneSession:
                                                              "input.bin", timeout_s=left_s())
                 config = BenchmarkModelConfig(
                     graph=remote_model, num_threads=threads, warmup_runs=0, warmup_min_secs=0.0, num_runs=1,
-                    min_secs=0.0, use_xnnpack=xnnpack, input_layer_value_files=[(info.name, remote_input)],
+                    min_secs=0.0, use_xnnpack=xnnpack, use_gpu=True if delegate == "gpu" else None,
+                    use_nnapi=True if delegate == "nnapi" else None, input_layer_value_files=[(info.name, remote_input)],
                     output_filepath=remote_output)
                 self.transport.run(["rm", "-f", remote_output], timeout_s=left_s()).check()
                 completed = self.transport.run(benchmark_model_argv(self.binary_path, config, taskset_mask=None),
