@@ -407,11 +407,12 @@ def test_repeated_real_runs_of_one_sweep_are_not_flagged(real_cache: Path, tmp_p
     """Three runs of the same sweep on this machine, each checked against the one before: nothing is flagged,
     though the medians of back-to-back runs here differ by 5-35% (the sessions' spread keeps those quiet).
 
-    One exception is allowed, and must say so: a measurement whose threads waited for a CPU for more than 10% of
-    its timed phase carries ``cpu_contention``. On this shared 2-core VM other suites push the load to 6-19, and
-    once a whole run (all its sessions, ~12 s) came out 46% slower than the one before: the numbers really moved,
-    and only the contention measurement can tell that apart from a regression. On a quiet runner no measurement is
-    contended and the assertion is strict."""
+    One exception is allowed, and must say so: a latency verdict where a side ran on a busy host, flagged
+    ``host_busy`` (other work kept over half a CPU busy during the timed phase) or ``cpu_contention`` (its threads
+    waited for a CPU). On this shared 2-core VM other suites keep the load at 2-19, and a whole run (all five
+    sessions, ~12 s) came out 70% slower than the one before with no run-queue wait at all -- the other vCPU was busy
+    -- so the numbers really moved and only those flags tell it apart from a regression. On a quiet runner nothing
+    is flagged busy and the assertion is strict."""
     db = tmp_path / "results.db"
     sweep = (*GRID_FLAGS, "--quant", "fp32", "--format", "tflite,onnx", "--device", "local", "--repeats", "5",
              "--eval-images", "16", *QUICK)
@@ -426,7 +427,8 @@ def test_repeated_real_runs_of_one_sweep_are_not_flagged(real_cache: Path, tmp_p
         assert {(r["key"]["variant"], r["metric"]) for r in results} == {
             (name, metric) for name in (NAME_TFLITE, NAME_ONNX) for metric in ("latency", "drift")}
         flagged = [r for r in results if r["verdict"] != "unchanged"]
-        assert all(r["metric"] == "latency" and "cpu_contention" in r["baseline_flags"] + r["candidate_flags"]
+        busy = {"host_busy", "cpu_contention"}
+        assert all(r["metric"] == "latency" and busy & {*r["baseline_flags"], *r["candidate_flags"]}
                    for r in flagged), checked.stdout
         assert checked.returncode == (3 if any(r["verdict"] == "regression" for r in flagged) else 0), \
             describe(checked)
