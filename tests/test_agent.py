@@ -262,6 +262,10 @@ def test_bench_gives_one_latency_per_run(models: Models, fmt: str) -> None:
     assert doc["timed_start_boottime_s"] <= time.clock_gettime(time.CLOCK_BOOTTIME)
     assert doc["summary"]["median_ns"] == float(np.median(doc["latencies_ns"]))
     assert "stopped_by_max_s" not in doc["flags"] and "few_samples" not in doc["flags"]
+    # Run-queue wait of the process's threads over the timed phase (Linux schedstat); flagged above 10% of it.
+    assert 0 <= doc["timed_run_delay_s"]
+    assert ("cpu_contention" in doc["flags"]) == (doc["timed_run_delay_s"] > 0.1 * doc["timed_wall_s"])
+    assert 0 <= doc["timed_other_cpus"] and ("host_busy" in doc["flags"]) == (doc["timed_other_cpus"] > 0.5)
     if fmt == "onnx":
         assert doc["applied"]["ort_providers"][0] == "CPUExecutionProvider"
         assert doc["applied"]["ort_opt_level"] == "ORT_ENABLE_ALL"
@@ -274,6 +278,48 @@ def test_min_s_keeps_running_and_warmup_min_s_too(models: Models) -> None:
     assert doc["timed_wall_s"] >= 0.3 and doc["timed_runs"] > 1
     assert doc["warmup_s"] >= 0.2 and doc["warmup_runs"] > 1
     assert doc["stopped_by_max_s"] is False
+
+
+def _hogs(cpu: int, count: int) -> list[subprocess.Popen[bytes]]:
+    """``count`` busy loops pinned to ``cpu``."""
+    code = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+
+
+def _stop(hogs: list[subprocess.Popen[bytes]]) -> None:
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
+
+
+@pytest.mark.slow
+def test_cpu_contention_is_measured_and_flagged(models: Models) -> None:
+    """Two busy loops pinned to the agent's one CPU: its threads wait for that CPU about two thirds of the time."""
+    cpu = min(os.sched_getaffinity(0))
+    hogs = _hogs(cpu, 2)
+    try:
+        doc = ok(bench(models.fp32_tflite, "--affinity", str(cpu), "--runs", "1", "--min-s", "1.0",
+                       "--warmup-runs", "1"))
+    finally:
+        _stop(hogs)
+    assert doc["timed_run_delay_s"] > 0.3 * doc["timed_wall_s"]
+    assert "cpu_contention" in doc["flags"]
+
+
+@pytest.mark.slow
+def test_work_on_another_cpu_is_measured_and_flagged(models: Models) -> None:
+    """A busy loop on another CPU: no run-queue wait for the agent, but the host was busy (shared caches, memory
+    bandwidth, SMT siblings), about one CPU's worth."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    hogs = _hogs(cpus[1], 1)
+    try:
+        doc = ok(bench(models.fp32_tflite, "--affinity", str(cpus[0]), "--runs", "1", "--min-s", "1.0",
+                       "--warmup-runs", "1"))
+    finally:
+        _stop(hogs)
+    assert doc["timed_other_cpus"] > 0.7 and "host_busy" in doc["flags"]
 
 
 @pytest.mark.slow

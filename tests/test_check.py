@@ -404,22 +404,36 @@ def real_cache(built_grid: BuiltGrid, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.mark.slow
 def test_repeated_real_runs_of_one_sweep_are_not_flagged(real_cache: Path, tmp_path: Path) -> None:
-    """Three runs of the same sweep on this (shared, busy) machine, each checked against the one before: nothing
-    is flagged, though the medians of back-to-back runs here differ by several percent."""
+    """Three runs of the same sweep on this machine, each checked against the one before: nothing is flagged,
+    though the medians of back-to-back runs here differ by 5-35% (the sessions' spread keeps those quiet).
+
+    One exception is allowed, and must say so: a latency verdict where a side ran on a busy host, flagged
+    ``host_busy`` (other work kept over half a CPU busy during the timed phase) or ``cpu_contention`` (its threads
+    waited for a CPU). On this shared 2-core VM other suites keep the load at 2-19; once three of a run's five ONNX
+    sessions came out 1.7x slower than every session of the run before, with under 2% run-queue wait -- the other
+    vCPU was busy -- so the numbers really moved and only those flags tell it apart from a regression. On a quiet
+    runner nothing is flagged busy and the assertion is strict."""
     db = tmp_path / "results.db"
-    sweep = (*GRID_FLAGS, "--quant", "fp32", "--format", "tflite,onnx", "--device", "local", "--repeats", "3",
+    sweep = (*GRID_FLAGS, "--quant", "fp32", "--format", "tflite,onnx", "--device", "local", "--repeats", "5",
              "--eval-images", "16", *QUICK)
+    checked_pairs = 0
     for attempt in range(3):
         ran = run_cli("run", *sweep, "--db", db, "-q", cache_dir=real_cache, timeout=600)
         assert ran.returncode == 0, describe(ran)
         if attempt == 0:
             continue
         checked = check(db, "--json")
-        assert checked.returncode == 0, describe(checked)
         results = json.loads(checked.stdout)["results"]
         assert {(r["key"]["variant"], r["metric"]) for r in results} == {
             (name, metric) for name in (NAME_TFLITE, NAME_ONNX) for metric in ("latency", "drift")}
-        assert {r["verdict"] for r in results} == {"unchanged"}, checked.stdout
+        flagged = [r for r in results if r["verdict"] != "unchanged"]
+        busy = {"host_busy", "cpu_contention"}
+        assert all(r["metric"] == "latency" and busy & {*r["baseline_flags"], *r["candidate_flags"]}
+                   for r in flagged), checked.stdout
+        assert checked.returncode == (3 if any(r["verdict"] == "regression" for r in flagged) else 0), \
+            describe(checked)
+        checked_pairs += 1
+    assert checked_pairs == 2
 
 
 def _keras_tflite(resolution: int, path: Path) -> None:

@@ -65,7 +65,10 @@ Flags (``flags``): ``tflite_runtime_int8_no_xnnpack`` (tflite-runtime never hand
 ``xnnpack_requested_but_unavailable`` (XNNPACK on, but no delegate node in the graph), ``xnnpack_partially_applied``,
 ``xnnpack_off_unavailable`` (this runtime cannot turn the default delegate off), ``ort_provider_not_applied``,
 ``high_cv`` (sample CV of ``latencies_ns`` > 10%), ``stopped_by_max_s``, ``warmup_stopped_by_max_s``,
-``few_samples`` (< 10 timed runs).
+``few_samples`` (< 10 timed runs), ``cpu_contention`` (the process's threads waited for a CPU, runnable, for more
+than 10% of the timed phase: ``timed_run_delay_s``, from Linux schedstat; other work shared the CPUs), ``host_busy``
+(other work kept more than half a CPU busy on average during the timed phase -- ``timed_other_cpus``, from
+/proc/stat, steal included -- slowing the benchmark through shared caches, memory bandwidth or SMT siblings).
 
 Error classes: ``numpy_abi`` (a runtime built for numpy 1.x under numpy 2), ``op_version`` (the runtime is older than
 the converter that built the model), ``unsupported_model`` (not a model this runtime can load), ``missing_runtime``
@@ -90,7 +93,10 @@ Document fields (``bench``; null where a stage was not reached):
   rss_before_load_kib, peak_rss_after_load_kib, peak_rss_kib (getrusage ru_maxrss, KiB on every OS), affinity,
   loadavg_before, loadavg_after, start_monotonic_ns, end_monotonic_ns, timed_start_boottime_s,
   timed_end_boottime_s (the timed phase's start and end on CLOCK_BOOTTIME in seconds, the clock of
-  ``/proc/uptime`` that the power sampler stamps samples with; null without that clock), start_unix_s, end_unix_s,
+  ``/proc/uptime`` that the power sampler stamps samples with; null without that clock), timed_run_delay_s (time
+  the process's threads spent runnable but waiting for a CPU during the timed phase; absent where the kernel does
+  not report it), timed_other_cpus (CPUs busy with other work on average over the timed phase, steal included;
+  absent where /proc/stat is missing), start_unix_s, end_unix_s,
   start_wall, end_wall (ISO 8601 UTC), dump {rows, files [{path, output, shape, raw_dtype, dequantized, quant_scale,
   quant_zero_point}]}.
 ``probe``: schema_version, agent_version, mode, status, hostname, python_*, platform {system, release, version,
@@ -103,7 +109,7 @@ Document fields (``bench``; null where a stage was not reached):
 
 Document format history (bump SCHEMA_VERSION on any change a reader must know about):
   1 -- first version. Fields added since, without a version change (readers ignore what they do not know):
-       timed_start_boottime_s and timed_end_boottime_s.
+       timed_start_boottime_s and timed_end_boottime_s; timed_run_delay_s, timed_other_cpus and the cpu_contention and host_busy flags.
 """
 
 # This file runs on boards with Python 3.8: typing.List/Dict/Optional, no str.removesuffix, no datetime.UTC.
@@ -160,6 +166,13 @@ ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
 HIGH_CV = 0.10  # pyperf's threshold: a standard deviation over 10% of the mean makes a number suspect
 FEW_SAMPLES = 10
+# Runnable-but-waiting time of the process's threads over the timed phase, as a share of its wall time, above which
+# the measurement shared its CPUs with other work (a busy host, not the model, may explain a slower number).
+CPU_CONTENTION = 0.10
+# CPUs kept busy by other work (or taken by the hypervisor: steal) on average over the timed phase, above which the
+# host was busy. Work on *other* CPUs slows a benchmark too, through shared caches, memory bandwidth and SMT
+# siblings: on a 2-vCPU VM a busy sibling made single-threaded inference 1.7x slower with no run-queue wait at all.
+HOST_BUSY_CPUS = 0.5
 # Common Arm core part numbers (/proc/cpuinfo "CPU part"), for boards whose cpuinfo has no "model name".
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
              "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
@@ -314,6 +327,42 @@ def _peak_rss_kib() -> Optional[int]:
 def _affinity() -> Optional[List[int]]:
     getter = getattr(os, "sched_getaffinity", None)
     return sorted(getter(0)) if getter is not None else None
+
+
+def _run_delay_ns() -> Optional[int]:
+    """Nanoseconds this process's threads have spent runnable but waiting for a CPU (the second field of Linux's
+    /proc/<pid>/task/<tid>/schedstat, summed over threads), or None where the kernel does not say (not Linux)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    total, found = 0, False
+    for task in tasks:
+        try:
+            with open("/proc/self/task/" + task + "/schedstat") as handle:
+                total += int(handle.read().split()[1])
+            found = True
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just exited
+    return total if found else None
+
+
+def _cpu_busy_s() -> Optional[float]:
+    """Seconds of CPU time all CPUs have spent busy (user, nice, system, irq, softirq, steal) since boot, from Linux
+    /proc/stat, or None elsewhere."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()
+        ticks = float(os.sysconf("SC_CLK_TCK"))
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError, AttributeError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / ticks
+
+
+def _own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def _loadavg() -> Optional[List[float]]:
@@ -1071,10 +1120,21 @@ def _bench(args: argparse.Namespace, document: Dict[str, Any], state: Dict[str, 
 
     state["stage"] = "timed"
     timed_start_boottime_s = _boottime_s()
+    delay_before_ns, busy_before_s, own_before_s = _run_delay_ns(), _cpu_busy_s(), _own_cpu_s()
     latencies, wall_ns, stopped = run_loop(model.invoke, set_row, len(rows), args.runs, int(args.min_s * 1e9),
                                            max_ns)
+    delay_after_ns, busy_after_s, own_after_s = _run_delay_ns(), _cpu_busy_s(), _own_cpu_s()
     timed_end_boottime_s = _boottime_s()
     gc.enable()
+    if delay_before_ns is not None and delay_after_ns is not None:
+        document["timed_run_delay_s"] = (delay_after_ns - delay_before_ns) / 1e9
+        if wall_ns > 0 and delay_after_ns - delay_before_ns > CPU_CONTENTION * wall_ns:
+            flags.append("cpu_contention")
+    if busy_before_s is not None and busy_after_s is not None and wall_ns > 0:
+        other_cpus = max(0.0, (busy_after_s - busy_before_s) - (own_after_s - own_before_s)) / (wall_ns / 1e9)
+        document["timed_other_cpus"] = round(other_cpus, 3)
+        if other_cpus > HOST_BUSY_CPUS:
+            flags.append("host_busy")
     document.update({"timed_start_boottime_s": timed_start_boottime_s,
                      "timed_end_boottime_s": timed_end_boottime_s})
     document["peak_rss_kib"] = _peak_rss_kib()

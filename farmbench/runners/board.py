@@ -245,6 +245,7 @@ def record_from_document(doc: dict[str, Any], base: MeasurementRecord,
         "loadavg_before": doc.get("loadavg_before"), "loadavg_after": doc.get("loadavg_after"),
         "input_source": doc.get("input_source"), "timer": doc.get("timer"),
         "timed_runs": doc.get("timed_runs"), "timed_wall_s": doc.get("timed_wall_s"),
+        "timed_run_delay_s": doc.get("timed_run_delay_s"), "timed_other_cpus": doc.get("timed_other_cpus"),
         "warmup_runs": doc.get("warmup_runs"), "warmup_s": doc.get("warmup_s"),
     }
     record = replace(base, runtime=str(runtime.get("name") or base.runtime),
