@@ -208,7 +208,8 @@ ItemT = TypeVar("ItemT")  # a plan item
 class DeviceWork(Generic[SessionT, ItemT]):
     """What a :class:`DeviceWorker` needs from the orchestrator for one device.
 
-    ``connect(attempt)`` opens and prepares a session (raises FarmbenchError); ``measure(session, item, attempt)``
+    ``connect(attempt, orphans)`` opens a session, kills ``orphans`` (what a lost connection left running) before
+    anything else runs there, and prepares it (raises FarmbenchError); ``measure(session, item, attempt)``
     takes one measurement and returns its record (ok, failed or skipped; it may raise FarmbenchError too);
     ``failed(item, error, attempt)`` and ``not_run(item, reason)`` build records for failures outside ``measure``
     and for measurements an unhealthy device will not run; ``commit(item, record)`` stores a record (one
@@ -217,7 +218,7 @@ class DeviceWork(Generic[SessionT, ItemT]):
 
     name: str
     items: Sequence[ItemT]
-    connect: Callable[[int], SessionT]
+    connect: Callable[[int, Sequence[Orphan]], SessionT]
     measure: Callable[[SessionT, ItemT, int], MeasurementRecord]
     failed: Callable[[ItemT, FarmbenchError, int], MeasurementRecord]
     not_run: Callable[[ItemT, str], MeasurementRecord]
@@ -328,13 +329,13 @@ class DeviceWorker(Generic[SessionT, ItemT]):
         work = self.work
         self.report.connects += 1
         work.notify({"event": "device-connect", "device": work.name, "attempt": attempt})
-        session = work.connect(attempt)
+        # What a lost connection left running (a benchmark still going) would compete with the probe and the next
+        # measurement for the CPU: connect() kills it first.
+        orphans = list(self._orphans)
+        session = work.connect(attempt, orphans)
+        self._orphans = [orphan for orphan in self._orphans if orphan not in orphans]
         self.stop.register(session.transport)
-        if self._orphans:
-            # What the lost connection left running (a benchmark still going) would compete with the next
-            # measurement for the CPU: kill it first.
-            orphans, self._orphans = self._orphans, []
-            session.transport.reap(orphans)
+        if orphans:
             work.notify({"event": "reaped", "device": work.name, "count": len(orphans)})
         return session
 

@@ -55,7 +55,7 @@ from farmbench.runners.telemetry import (
     approximate_window,
 )
 from farmbench.telemetry.sampler import SamplerRun
-from farmbench.transports.base import Transport
+from farmbench.transports.base import Orphan, Transport
 from farmbench.variants.build import BuildResult
 from farmbench.variants.cache import ArtifactCache
 from farmbench.variants.evalset import EvalSet, load_evalset, reference_outputs
@@ -359,12 +359,13 @@ class _DeviceRun:
                           failed=self.failed, not_run=self.not_run, commit=self.commit,
                           label=lambda item: item.artifact_name, notify=self.notify)
 
-    def connect(self, attempt: int) -> _Session:
+    def connect(self, attempt: int, orphans: Sequence[Orphan]) -> _Session:
         device = self.device
         transport = open_transport(device, accept_new_host_key=self.accept_new_host_key)
         self.stop.register(transport)
         session: BoardSession | PhoneSession | None = None
         try:
+            transport.reap(orphans)
             if device.kind == "adb":
                 session = PhoneSession(device, transport)
                 session.prepare()
@@ -646,41 +647,24 @@ def run_sweep(
     :mod:`farmbench.farm`); the summary then says ``interrupted`` and what was not run."""
     started = time.monotonic()
     stop = stop or StopController()
-    by_key = {a.key: a for a in artifacts if a.entry is not None}
-    if resume is not None:
-        info = store.run(resume)
-        plan = [PlanItem.from_json(entry) for entry in info.plan]
-        run_id, not_planned = resume, list[str]()
-        done = store.done_plan_indices(run_id)
-        todo = [item for item in plan if item.index not in done]
-        _check_resumable(run_id, todo, devices, by_key)
-        store.resume_run(run_id)
-    else:
-        plan, not_planned = make_plan(artifacts, devices, sweep.run)
-        run_id = store.start_run(sweep_name=sweep.name, sweep=sweep_json(sweep),
-                                 plan=[item.to_json() for item in plan], command=list(command) or sys.argv,
-                                 seed=sweep.run.order_seed, git_commit=git_commit(), host=socket.gethostname())
-        done, todo = set[int](), plan
-    for artifact in by_key.values():
-        assert artifact.entry is not None
-        store.put_artifact(artifact.key, artifact.name, str(artifact.entry.manifest.get("format")),
-                           str(artifact.entry.manifest.get("sha256")), artifact.entry.manifest)
-    status = "failed"
-    reports: dict[str, DeviceReport] = {}
-    finished = True
-    try:
-        drift_setup = None
-        if sweep.run.drift and references is not None:
-            drift_setup = DriftSetup(references, cache_dir or ArtifactCache().root, sweep.run)
-        with stop.signals():
+    with stop.signals():  # from the moment the run exists: a signal before the first measurement still counts
+        run_id, plan, done, todo, not_planned = _open_run(sweep, artifacts, devices, store, command, resume)
+        status = "failed"
+        reports: dict[str, DeviceReport] = {}
+        finished = True
+        try:
+            drift_setup = None
+            if sweep.run.drift and references is not None:
+                drift_setup = DriftSetup(references, cache_dir or ArtifactCache().root, sweep.run)
+            by_key = {a.key: a for a in artifacts if a.entry is not None}
             reports, finished = execute(todo, devices, by_key, store, run_id, sweep.run, on_event=on_event,
                                         accept_new_host_key=accept_new_host_key, drift_setup=drift_setup, stop=stop)
-        status = "interrupted" if stop.stopping else "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        store.finish_run(run_id, status)
+            status = "interrupted" if stop.stopping else "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            store.finish_run(run_id, status)
     summary = summarize_run(store, run_id, plan, status=status, signal=stop.reason)
     summary.aborted = not finished
     summary.resumed = resume is not None
@@ -690,6 +674,33 @@ def run_sweep(
     summary.build_failures = [(a.name, a.error or "build failed") for a in artifacts if a.entry is None]
     summary.wall_s = time.monotonic() - started
     return summary
+
+
+def _open_run(sweep: Sweep, artifacts: Sequence[BuildResult], devices: Sequence[DeviceConfig], store: ResultStore,
+              command: Sequence[str], resume: str | None
+              ) -> tuple[str, list[PlanItem], set[int], list[PlanItem], list[str]]:
+    """Start the run (or reopen ``resume``) and record its artifacts: (run id, whole plan, positions already done,
+    positions to run, combinations not planned)."""
+    by_key = {a.key: a for a in artifacts if a.entry is not None}
+    if resume is not None:
+        info = store.run(resume)
+        plan = [PlanItem.from_json(entry) for entry in info.plan]
+        done = store.done_plan_indices(resume)
+        todo = [item for item in plan if item.index not in done]
+        _check_resumable(resume, todo, devices, by_key)
+        store.resume_run(resume)
+        run_id, not_planned = resume, list[str]()
+    else:
+        plan, not_planned = make_plan(artifacts, devices, sweep.run)
+        run_id = store.start_run(sweep_name=sweep.name, sweep=sweep_json(sweep),
+                                 plan=[item.to_json() for item in plan], command=list(command) or sys.argv,
+                                 seed=sweep.run.order_seed, git_commit=git_commit(), host=socket.gethostname())
+        done, todo = set(), plan
+    for artifact in by_key.values():
+        assert artifact.entry is not None
+        store.put_artifact(artifact.key, artifact.name, str(artifact.entry.manifest.get("format")),
+                           str(artifact.entry.manifest.get("sha256")), artifact.entry.manifest)
+    return run_id, plan, done, todo, not_planned
 
 
 def _check_resumable(run_id: str, todo: Sequence[PlanItem], devices: Sequence[DeviceConfig],

@@ -112,7 +112,7 @@ class PlainProgress:
 class LiveProgress:
     """rich: a line per device and an overall bar with ETA, redrawn in place on the terminal."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -124,7 +124,7 @@ class LiveProgress:
         )
 
         self.counter = _Counter()
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("{task.description:<24}"), BarColumn(bar_width=24), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),

@@ -369,7 +369,12 @@ class Transport(abc.ABC):
             free = self.free_bytes(directory, timeout_s=10.0)
         if not said_so and (free is None or free >= size_bytes):
             return None
-        room = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
+        if free is None:
+            room = "free space unknown"
+        elif free < size_bytes:
+            room = f"{free / 2**20:.1f} MiB free"
+        else:  # the device said so, though df sees room there (a quota, or another filesystem under the path)
+            room = "the device reports no space left"
         return DiskFullError(
             f"{self.device}: no room for {local.name} ({size_bytes / 2**20:.1f} MiB) in {directory}: {room}",
             hint="free space on the device (old models under its farmbench cache directory can go), or point "
