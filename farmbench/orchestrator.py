@@ -364,12 +364,14 @@ class _DeviceRun:
         transport = open_transport(device, accept_new_host_key=self.accept_new_host_key)
         self.stop.register(transport)
         session: BoardSession | PhoneSession | None = None
+        configured = f"{device.kind}:configured:{device.get('identity')}" if device.get("identity") else None
         try:
             transport.reap(orphans)
             if device.kind == "adb":
                 session = PhoneSession(device, transport)
                 session.prepare()
-                identity, context = session.identity(), session.context()
+                context = session.context()
+                identity = configured or session.identity()
                 runtimes = {"benchmark_model": session.binary_path or "not configured",
                             "onnxruntime_perf_test": session.ort_perf_test_path or "not configured"}
             else:
@@ -379,11 +381,9 @@ class _DeviceRun:
                 tflite_auto = any(i.spec.runtime == "auto" and i.format == "tflite" for i in self.items)
                 if tflite_auto and not {"litert", "tflite_runtime"} & set(session.usable_runtimes()):
                     session.prepare([*wanted, "tensorflow"])  # the last TFLite fallback, worth its import time only now
-                identity, context = session.identity(), device_context(session)
+                context = device_context(session)
+                identity = configured or session.identity()  # a configured identity saves the board a command
                 runtimes = session.usable_runtimes()
-            configured = device.get("identity")
-            if configured:
-                identity = f"{device.kind}:configured:{configured}"
             self.device_id = self.store.upsert_device(identity, device.name, device.kind, context)
             # The cooldown gate's waits end early on a stop; the next command then raises Interrupted.
             telemetry = DeviceTelemetry(device, transport, sleep=self._sleep)

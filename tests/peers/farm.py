@@ -18,7 +18,7 @@ from pathlib import Path
 
 from farmbench.transports.adb import load_or_create_key
 from tests.peers.adb_emulator import AdbEmulator, install_benchmark_model
-from tests.peers.sshd import SshdPeer, running_sshd
+from tests.peers.sshd import LEAN_SHELL_CONFIG, SshdPeer, running_sshd
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,17 @@ class Farm:
 
 
 @contextlib.contextmanager
-def simulated_farm(directory: Path, *, boards: int, phones: int, sshd: SshdPeer | None = None) -> Iterator[Farm]:
-    """Start ``phones`` emulators (and an sshd unless one is given), write the device files under ``directory``,
-    and stop everything on exit."""
+def simulated_farm(directory: Path, *, boards: int, phones: int, sshd: SshdPeer | None = None,
+                   lean_shell: bool = False) -> Iterator[Farm]:
+    """Start ``phones`` emulators (and an sshd unless one is given; ``lean_shell``: one whose commands skip the login
+    user's ~/.bashrc, see ``LEAN_SHELL_CONFIG``), write the device files under ``directory``, and stop everything on
+    exit."""
     directory.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         if sshd is None:
             sshd_dir = directory / "sshd"
             sshd_dir.mkdir(exist_ok=True)
-            sshd = stack.enter_context(running_sshd(sshd_dir))
+            sshd = stack.enter_context(running_sshd(sshd_dir, extra_config=LEAN_SHELL_CONFIG if lean_shell else ""))
         known_hosts = sshd.write_known_hosts(directory / "known_hosts")
         ssh_config = directory / "ssh_config"
         ssh_config.write_text("")
