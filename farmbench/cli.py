@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -364,11 +365,12 @@ def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...]
 
 def _print_run_summary(summary: Any, db: Path) -> None:
     """The closing lines of `farmbench run`: counts, devices that were not healthy, what failed or was not run."""
-    counts = (f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped, {summary.not_run} not run of"
-              f" {summary.planned} planned")
+    counts = f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped of {summary.planned} planned"
+    not_run = f", {summary.not_run} not run" if summary.not_run else ""
     retried = f"; {summary.retried} failed attempts retried" if summary.retried else ""
     resumed = f" (resumed: {summary.already_done} were done before)" if summary.resumed else ""
-    click.echo(f"\nrun {summary.run_id} {summary.status}: {counts}{retried}{resumed} in {summary.wall_s:.1f} s"
+    status = "" if summary.status == "finished" else f" ({summary.status})"
+    click.echo(f"\nrun {summary.run_id}{status}: {counts}{not_run}{retried}{resumed} in {summary.wall_s:.1f} s"
                f" (results: {db})")
     for name, report in summary.devices.items():
         if report.health != "healthy":
@@ -642,8 +644,15 @@ def completion(shell: str) -> None:
     click.echo(completer.source())
 
 
+def _terminate_as_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn FarmbenchError into a message and an exit code."""
+    # `kill PID` (SIGTERM) stops farmbench the way Ctrl-C does, wherever it is; `run` handles both itself while it
+    # measures (see farmbench.farm).
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="farmbench", standalone_mode=False)
     except FarmbenchError as err:
