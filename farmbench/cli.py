@@ -8,6 +8,8 @@ and the shared ones from ``FARMBENCH_CACHE_DIR``. Errors are :class:`FarmbenchEr
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -256,6 +258,13 @@ def _run_options(func: Any) -> Any:
         click.option("--eval-images", type=int, default=None, help="Evaluation images for drift [default: 64]."),
         click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Your evaluation images: DIR/<class>/<image> (adds top-1/top-5 accuracy) or DIR/<image>."),
+        click.option("--retries", type=int, default=None,
+                     help="Extra attempts after a transient failure (connection lost, timeout) [default: 2]."),
+        click.option("--unhealthy-after", type=int, default=None,
+                     help="Consecutive failed measurements before a device is given up (0: never) [default: 3]."),
+        click.option("--backoff-s", type=float, default=None,
+                     help="Wait before the first retry; doubles for each further one [default: 1]."),
+        click.option("--backoff-max-s", type=float, default=None, help="Longest wait between retries [default: 30]."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -268,78 +277,107 @@ def _run_options(func: Any) -> Any:
 @db_option
 @click.option("--accept-new-host-key", is_flag=True,
               help="On first contact with an SSH board, record its host key (a changed key is always refused).")
+@click.option("--resume", "resume_id", metavar="RUN",
+              help="Finish run RUN: measure what it has not finished, with its stored sweep and settings.")
 @click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, help="Parallel build workers.")
+@click.option("--max-memory-gb", type=click.FloatRange(min=0.5), default=None,
+              help="Memory the build workers may use together [default: 85% of available].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("--report/--no-report", "report", default=True,
-              help="Write the HTML report after the run (./reports/<run-id>.html, as `farmbench report`) [default: on].")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+              help="Write the HTML report after the run (./reports/<run-id>.html, as `farmbench report`)"
+                   " [default: on].")
+@click.option("--progress", type=click.Choice(["auto", "live", "plain"]), default="auto", show_default=True,
+              help="live: per-device lines and an overall bar with ETA (a terminal); plain: log lines (CI); auto"
+                   " picks live on a terminal outside CI.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @cache_dir_option
 def run(sweep_path: Path | None, family: tuple[str, ...], width: tuple[str, ...], resolution: tuple[str, ...],
         quant: tuple[str, ...], formats: tuple[str, ...], weights: str | None, seed: int | None,
         minimalistic: bool | None, models: tuple[Path, ...], devices: tuple[str, ...], runtimes: tuple[str, ...],
-        threads: tuple[str, ...], xnnpack: tuple[str, ...], delegates: tuple[str, ...], runs: int | None, min_s: float | None,
-        max_s: float | None, warmup_runs: int | None, warmup_min_s: float | None, repeats: int | None,
-        affinity: str | None, order_seed: int | None, timeout_s: float | None, drift: bool | None,
-        eval_images: int | None, eval_dir: Path | None, db_path: Path | None,
-        accept_new_host_key: bool, jobs: int, as_json: bool, report: bool, quiet: bool,
+        threads: tuple[str, ...], xnnpack: tuple[str, ...], delegates: tuple[str, ...], runs: int | None,
+        min_s: float | None, max_s: float | None, warmup_runs: int | None, warmup_min_s: float | None,
+        repeats: int | None, affinity: str | None, order_seed: int | None, timeout_s: float | None, drift: bool | None,
+        eval_images: int | None, eval_dir: Path | None, retries: int | None, unhealthy_after: int | None,
+        backoff_s: float | None, backoff_max_s: float | None, db_path: Path | None, accept_new_host_key: bool,
+        resume_id: str | None, jobs: int, max_memory_gb: float | None, as_json: bool, report: bool,
+        progress: str, quiet: bool,
         cache_dir: Path | None) -> None:
     """Build what is missing, then measure every variant on every device and store the results.
 
-    Without --sweep or flags, runs the default sweep on this machine.
+    Without --sweep or flags, runs the default sweep on this machine. Devices run in parallel, one measurement at a
+    time each; transient failures are retried after reconnecting; Ctrl-C stops cleanly (exit 130) and
+    `--resume RUN` finishes what a stopped or killed run left.
 
     \b
     Examples:
       farmbench run
       farmbench run --family mobilenet_v2 --width 0.35 --resolution 96 --quant fp32,int8 --device local
       farmbench run --sweep nightly.toml --device rpi5 --device ssh://pi@10.0.0.7 --threads 1,4
+      farmbench run --resume r20261121-023000-ab12
     """
     from farmbench import config
     from farmbench.devices.config import resolve_device
-    from farmbench.orchestrator import run_sweep
+    from farmbench.errors import UsageError
+    from farmbench.orchestrator import run_sweep, stored_sweep
+    from farmbench.progress import run_progress
     from farmbench.results.store import ResultStore
     from farmbench.variants.build import BuildOptions
     from farmbench.variants.plan import build_references, build_sweep, variants_of
 
-    sweep = _sweep_from_options(sweep_path, family, width, resolution, quant, formats, weights, seed,
-                                minimalistic, models)
-    sweep = config.merge_run_overrides(sweep, {
+    run_overrides: dict[str, object] = {
         "devices": _join(devices), "runtime": _join(runtimes), "threads": _join(threads),
-        "xnnpack": _join(xnnpack), "delegate": _join(delegates), "runs": runs, "min_s": min_s, "max_s": max_s, "warmup_runs": warmup_runs,
-        "warmup_min_s": warmup_min_s, "repeats": repeats, "affinity": affinity, "order_seed": order_seed,
-        "timeout_s": timeout_s, "drift": drift, "eval_images": eval_images,
-        "eval_dir": None if eval_dir is None else str(eval_dir.resolve()),
-    })
+        "xnnpack": _join(xnnpack), "delegate": _join(delegates), "runs": runs, "min_s": min_s, "max_s": max_s,
+        "warmup_runs": warmup_runs, "warmup_min_s": warmup_min_s, "repeats": repeats, "affinity": affinity,
+        "order_seed": order_seed, "timeout_s": timeout_s, "drift": drift, "eval_images": eval_images,
+        "eval_dir": None if eval_dir is None else str(eval_dir.resolve()), "retries": retries,
+        "unhealthy_after": unhealthy_after, "backoff_s": backoff_s, "backoff_max_s": backoff_max_s,
+    }
+    if resume_id is not None:
+        variant_values = {"sweep": sweep_path, "family": family, "width": width, "resolution": resolution,
+                          "quant": quant, "format": formats, "weights": weights, "seed": seed,
+                          "minimalistic": minimalistic, "model": models}
+        given = [f"--{name.replace('_', '-')}" for name, value in {**variant_values, **run_overrides}.items()
+                 if value not in (None, ())]
+        if given:
+            raise UsageError(f"--resume {resume_id} runs the stored plan with the settings it was started with;"
+                             f" {', '.join(given)} would change them",
+                             hint="drop those options, or start a new run with them")
+        with ResultStore(db_path, create=False) as store:
+            sweep = stored_sweep(store, resume_id)
+    else:
+        sweep = _sweep_from_options(sweep_path, family, width, resolution, quant, formats, weights, seed,
+                                    minimalistic, models)
+        sweep = config.merge_run_overrides(sweep, run_overrides)
     device_configs = [resolve_device(ref) for ref in sweep.run.devices]  # config errors before any work
-    progress = _Progress(len(variants_of(sweep)) + len(sweep.variants.models), quiet or as_json)
-    options = BuildOptions(cache=_cache(cache_dir), jobs=jobs, on_event=progress)
+    build_progress = _Progress(len(variants_of(sweep)) + len(sweep.variants.models), quiet or as_json)
+    options = BuildOptions(cache=_cache(cache_dir), jobs=jobs, on_event=build_progress,
+                           memory_budget_mb=int(max_memory_gb * 1024) if max_memory_gb else None)
     results = build_sweep(sweep, options)
     references = build_references(results, options) if sweep.run.drift else {}
     with ResultStore(db_path) as store:
-        summary = run_sweep(sweep, results, device_configs, store, command=sys.argv,
-                            on_event=_RunProgress(quiet or as_json), accept_new_host_key=accept_new_host_key,
-                            references=references, cache_dir=options.cache.root)
-        report_path, report_error = _run_report(store, summary.run_id) if report else (None, None)
-        exit_code = max(summary.exit_code, EXIT_FAILURE) if report_error else summary.exit_code
+        with run_progress("none" if quiet or as_json else progress) as on_event:
+            summary = run_sweep(sweep, results, device_configs, store, command=sys.argv, on_event=on_event,
+                                accept_new_host_key=accept_new_host_key, references=references,
+                                cache_dir=options.cache.root, resume=resume_id)
+        # An aborted run (a second Ctrl-C) leaves at once; an interrupted one still gets its report.
+        report_path, report_error = (_run_report(store, summary.run_id) if report and not summary.aborted
+                                     else (None, None))
+        exit_code = summary.exit_code
+        if report_error and exit_code == 0:
+            exit_code = EXIT_FAILURE
         if as_json:
-            click.echo(json.dumps({**summary.__dict__, "exit_code": exit_code, "db": str(store.path),
+            click.echo(json.dumps({**summary.to_json(), "exit_code": exit_code, "db": str(store.path),
                                    "report": None if report_path is None else str(report_path),
                                    "report_error": report_error}, indent=2, default=str))
         else:
-            _print_results(store, [summary.run_id])
-            click.echo(f"\nrun {summary.run_id}: {summary.ok} ok, {summary.failed} failed, {summary.skipped}"
-                       f" skipped of {summary.planned} planned in {summary.wall_s:.1f} s (results: {store.path})")
-            for device, artifact, message in summary.failures:
-                click.echo(f"failed: {artifact} on {device}: {message}", err=True)
-            for name, message in summary.build_failures:
-                click.echo(f"not built: {name}: {message}", err=True)
-            for line in summary.not_planned:
-                click.echo(f"not planned: {line}", err=True)
+            if not summary.aborted:
+                _print_results(store, [summary.run_id])
+            _print_run_summary(summary, store.path)
             if report_path is not None:
                 click.echo(f"report: {report_path}")
         if report_error:
             click.echo(f"error: report not written: {report_error}", err=True)
-    sys.exit(exit_code)
-
+    _exit(exit_code, hard=summary.aborted)
 
 def _run_report(store: Any, run_id: str) -> tuple[Path | None, str | None]:
     """The report after a run: its path, or why it could not be written. The run is stored by now, so a failure
@@ -354,35 +392,43 @@ def _run_report(store: Any, run_id: str) -> tuple[Path | None, str | None]:
         return None, f"{type(exc).__name__}: {exc}\n  hint: farmbench report --run {run_id}; please report this bug"
 
 
-class _RunProgress:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.started = time.monotonic()
-        self.count = 0
+def _print_run_summary(summary: Any, db: Path) -> None:
+    """The closing lines of `farmbench run`: counts, devices that were not healthy, what failed or was not run."""
+    counts = f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped of {summary.planned} planned"
+    not_run = f", {summary.not_run} not run" if summary.not_run else ""
+    retried = f"; {summary.retried} failed attempts retried" if summary.retried else ""
+    resumed = f" (resumed: {summary.already_done} were done before)" if summary.resumed else ""
+    status = "" if summary.status == "finished" else f" ({summary.status})"
+    click.echo(f"\nrun {summary.run_id}{status}: {counts}{not_run}{retried}{resumed} in {summary.wall_s:.1f} s"
+               f" (results: {db})")
+    for name, report in summary.devices.items():
+        if report.health != "healthy":
+            click.echo(f"device {name}: {report.health}: {report.reason or ''}".rstrip(": "), err=True)
+    for device, artifact, message in summary.failures:
+        click.echo(f"failed: {artifact} on {device}: {message}", err=True)
+    by_reason: dict[tuple[str, str], int] = {}
+    for item in summary.not_run_items:
+        key = (item["device"], item["reason"])
+        by_reason[key] = by_reason.get(key, 0) + 1
+    for (device, reason), count in by_reason.items():
+        click.echo(f"not run: {count} on {device}: {reason}", err=True)
+    for name, message in summary.build_failures:
+        click.echo(f"not built: {name}: {message}", err=True)
+    for line in summary.not_planned:
+        click.echo(f"not planned: {line}", err=True)
+    if summary.status == "interrupted":
+        click.echo(f"interrupted ({summary.signal}): `farmbench run --resume {summary.run_id}` runs the rest",
+                   err=True)
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        if self.quiet:
-            return
-        elapsed = time.monotonic() - self.started
-        kind = event.get("event")
-        if kind == "device-connect":
-            click.echo(f"[{elapsed:6.1f}s] {event['device']}: connecting", err=True)
-        elif kind == "device-ready":
-            runtimes = ", ".join(f"{k} {v}" for k, v in event["runtimes"].items()) or "none"
-            click.echo(f"[{elapsed:6.1f}s] {event['device']}: ready (runtimes: {runtimes})", err=True)
-            if event.get("telemetry"):
-                click.echo(f"[{elapsed:6.1f}s] {event['device']}: {event['telemetry']}", err=True)
-        elif kind == "measured":
-            self.count += 1
-            record = event["record"]
-            detail = ""
-            if record.status == "ok" and record.samples_us:
-                ordered = sorted(record.samples_us)
-                detail = f" p50 {ordered[len(ordered) // 2] / 1000:.3f} ms, n={len(ordered)}"
-            elif record.error_message:
-                detail = f" {record.error_class}: {record.error_message.splitlines()[0][:160]}"
-            click.echo(f"[{elapsed:6.1f}s] {event['device']}: {self.count} {record.status:<7} {event['artifact']}"
-                       f" [{record.runtime} t{record.config.get('threads')}]{detail}", err=True)
+
+def _exit(code: int, *, hard: bool = False) -> None:
+    """Exit with ``code``. ``hard``: a second Ctrl-C stopped waiting for devices still busy; their worker threads
+    must not hold the exit up (os._exit skips waiting for them, after flushing what was printed)."""
+    if hard:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _print_results(store: Any, run_ids: Sequence[str] | None) -> None:
@@ -880,8 +926,15 @@ def completion(shell: str) -> None:
     click.echo(completer.source())
 
 
+def _terminate_as_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn FarmbenchError into a message and an exit code."""
+    # `kill PID` (SIGTERM) stops farmbench the way Ctrl-C does, wherever it is; `run` handles both itself while it
+    # measures (see farmbench.farm).
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="farmbench", standalone_mode=False)
     except FarmbenchError as err:

@@ -538,6 +538,15 @@ RUN_FIELDS: tuple[Field, ...] = (
                                                              " first N of eval_dir)"),
     Field("eval_dir", "path", default="",
           doc="your evaluation images: DIR/<class>/<image> (labels: also top-1/top-5 accuracy) or DIR/<image>"),
+    Field("retries", "int", default=2, min_value=0,
+          doc="extra attempts for a measurement that failed for a transient reason (connection lost or refused,"
+              " device offline, timeout), after reconnecting; permanent failures are never retried"),
+    Field("unhealthy_after", "int", default=3, min_value=0,
+          doc="mark a device unhealthy after this many measurements in a row failed transiently (retries"
+              " included); its remaining measurements are reported as not run (0: never)"),
+    Field("backoff_s", "float", default=1.0, min_value=0,
+          doc="wait before the first retry, doubled for each further retry of the same measurement"),
+    Field("backoff_max_s", "float", default=30.0, min_value=0, doc="the longest wait between two retries"),
 )
 
 # The regression check's thresholds (farmbench.results.compare documents the statistics behind them).
@@ -601,6 +610,10 @@ class RunConfig:
     eval_images: int = 64
     eval_dir: str = ""
     delegate: tuple[str, ...] = ("cpu",)
+    retries: int = 2
+    unhealthy_after: int = 3
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
 
 
 def _run_config(doc: TomlDocument, key_path: KeyPath, values: Mapping[str, Any]) -> RunConfig:
@@ -608,6 +621,9 @@ def _run_config(doc: TomlDocument, key_path: KeyPath, values: Mapping[str, Any])
         raise doc.error(f"min_s ({values['min_s']}) is larger than max_s ({values['max_s']})", (*key_path, "min_s"))
     if not values["devices"]:
         raise doc.error("is empty: nothing to run on", (*key_path, "devices"), hint='e.g. devices = ["local"]')
+    if values["backoff_s"] > values["backoff_max_s"]:
+        raise doc.error(f"backoff_s ({values['backoff_s']}) is larger than backoff_max_s ({values['backoff_max_s']})",
+                        (*key_path, "backoff_s"))
     fields: dict[str, Any] = {f.name: tuple(values[f.name]) if f.is_list else values[f.name] for f in RUN_FIELDS}
     fields["eval_dir"] = str(fields["eval_dir"] or "")
     return RunConfig(**fields)
@@ -778,6 +794,24 @@ def _grid_values(grid: VariantGrid) -> dict[str, object]:
     values = dataclasses.asdict(grid)
     values["models"] = [str(path) for path in grid.models]
     return values
+
+
+def sweep_from_json(document: Mapping[str, Any]) -> Sweep:
+    """The sweep a run recorded (:func:`sweep_json`), validated again: what ``farmbench run --resume`` runs.
+    [run] keys added since the run was recorded take their defaults."""
+    variants = document.get("variants")
+    run = document.get("run")
+    if not isinstance(variants, Mapping) or not isinstance(run, Mapping):
+        raise ConfigError("the stored sweep has no [variants] or [run] table", path=COMMAND_LINE,
+                          hint="this run was recorded by an incompatible farmbench; start a new run")
+    name = str(document.get("name") or "resumed")
+    known = {f.name for f in RUN_FIELDS}
+    sweep = sweep_from_values(name, {k: v for k, v in variants.items() if v is not None})
+    doc = TomlDocument.from_string("", "<stored run>")
+    run_values = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in run.items() if k in known}
+    run_config = _run_config(doc, (), validate_table(doc, (), run_values, RUN_FIELDS))
+    path = document.get("path")
+    return dataclasses.replace(sweep, run=run_config, path=Path(path) if path else None)
 
 
 def sweep_json(sweep: Sweep) -> dict[str, Any]:

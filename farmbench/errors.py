@@ -7,6 +7,7 @@ Every error farmbench raises on purpose derives from :class:`FarmbenchError`. Th
 * 1 -- a device or tool failure (``FarmbenchError`` default)
 * 2 -- a usage or configuration error (:class:`UsageError` and subclasses)
 * 3 -- a regression found by a check (not an exception; returned by the check command)
+* 130 -- the run was stopped by SIGINT or SIGTERM (:class:`Interrupted`)
 
 Messages name the file, field, device or command involved, and the hint says what to do next.
 """
@@ -17,6 +18,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_REGRESSION = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 
 
 class FarmbenchError(Exception):
@@ -87,6 +89,21 @@ class CacheError(FarmbenchError):
     """The artifact cache is unreadable or inconsistent."""
 
 
+class ArtifactCorruptedError(CacheError):
+    """An artifact file in the cache no longer has the sha256 its manifest records. Never retried: the bytes that
+    would be measured are not the ones that were built and verified."""
+
+    transient = False
+
+
+class Interrupted(FarmbenchError):
+    """farmbench is stopping (SIGINT or SIGTERM): an operation on a device was cut short (its processes killed there)
+    or not started. Never recorded as a measurement: a resume runs that item again. Exit 130."""
+
+    exit_code = EXIT_INTERRUPTED
+    transient = False
+
+
 class TransportError(FarmbenchError):
     """Talking to a device failed: connection, authentication, a command that timed out, a transfer (exit 1).
     ``transient`` says whether retrying (after reconnecting) may help."""
@@ -127,6 +144,13 @@ class CommandTimeoutError(TransportError):
 
 class TransferTimeoutError(TransportError):
     """A push or pull ran past its timeout; the partial file was removed (best effort)."""
+
+
+class DiskFullError(TransportError):
+    """A push failed because the device's filesystem has no room for the file. Not transient: retrying at once will
+    not make room (the message says how much is needed and free)."""
+
+    transient = False
 
 
 class RunnerError(FarmbenchError):

@@ -6,10 +6,15 @@ plan:    (artifact x device x runtime config x repeat). Each repeat is one round
 execute: one worker thread per device (one measurement at a time on a device, devices in parallel). Each worker
          connects, pushes the agent, probes, then runs its items in plan order. Every finished measurement, ok or
          failed, is committed to the store before the next starts; a failure becomes a record and the run goes on.
+         Retries, device health and stopping on signals follow the rules in :mod:`farmbench.farm`.
+resume:  ``run_sweep(..., resume=RUN)`` runs the stored plan's positions that are not finished (no ok record and no
+         permanent failure), with the stored run configuration, on the same artifacts (found by key).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import random
 import socket
@@ -17,17 +22,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from farmbench.config import RunConfig, Sweep, sweep_json
+from farmbench.config import RunConfig, Sweep, sweep_from_json, sweep_json
 from farmbench.devices.config import DeviceConfig
-from farmbench.errors import FarmbenchError
+from farmbench.errors import EXIT_INTERRUPTED, ArtifactCorruptedError, FarmbenchError, Interrupted, UsageError
+from farmbench.farm import (
+    FLAG_RETRIED,
+    NOT_RUN_CLASS,
+    DeviceReport,
+    DeviceWork,
+    DeviceWorker,
+    RetryPolicy,
+    StopController,
+    run_workers,
+)
 from farmbench.results.drift import accuracy, drift
 from farmbench.results.schema import MeasurementRecord
 from farmbench.results.store import ResultStore, utc_now
@@ -41,6 +55,7 @@ from farmbench.runners.telemetry import (
     approximate_window,
 )
 from farmbench.telemetry.sampler import SamplerRun
+from farmbench.transports.base import Orphan, Transport
 from farmbench.variants.build import BuildResult
 from farmbench.variants.cache import ArtifactCache
 from farmbench.variants.evalset import EvalSet, load_evalset, reference_outputs
@@ -66,22 +81,56 @@ class PlanItem:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "spec": self.spec.to_json()}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlanItem:
+        """A plan entry as a run stored it (``runs.plan_json``). RunSpec fields added since take their defaults."""
+        known = {f.name for f in dataclasses.fields(RunSpec)}
+        spec = RunSpec(**{k: v for k, v in dict(data["spec"]).items() if k in known})
+        return cls(index=int(data["index"]), device=str(data["device"]), artifact_key=str(data["artifact_key"]),
+                   artifact_name=str(data["artifact_name"]), format=str(data["format"]), spec=spec,
+                   repeat=int(data["repeat"]))
+
 
 @dataclass
 class RunSummary:
+    """What a run did, over its whole plan (a resumed run counts what earlier invocations finished too): each plan
+    position by its latest record -- ``ok``, ``failed``, ``skipped`` (the device cannot run it), ``not_run`` (an
+    unhealthy device, or a stop, left it; ``not_run_items`` say why) -- and ``retried``, the failed attempts that
+    were tried again. ``devices`` is each device's part in this invocation (health, counts, busy time).
+    ``status``: finished or interrupted (by ``signal``); ``aborted``: a second signal ended the wait for devices."""
+
     run_id: str
     planned: int = 0
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    not_run: int = 0
+    retried: int = 0
+    status: str = "finished"
+    signal: str | None = None
+    aborted: bool = False
+    resumed: bool = False
+    already_done: int = 0
+    devices: dict[str, DeviceReport] = field(default_factory=dict)
     build_failures: list[tuple[str, str]] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (device, artifact, message)
+    not_run_items: list[dict[str, Any]] = field(default_factory=list)  # device, artifact, plan_index, reason
     not_planned: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        return 1 if (self.failed or self.build_failures) else 0
+        if self.status == "interrupted":
+            return EXIT_INTERRUPTED
+        return 1 if (self.failed or self.not_run or self.build_failures) else 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["devices"] = {name: report.to_json() for name, report in self.devices.items()}
+        data["counts"] = {"ok": self.ok, "failed": self.failed, "skipped": self.skipped, "not_run": self.not_run}
+        data["exit_code"] = self.exit_code
+        data["wall_s"] = round(self.wall_s, 3)
+        return data
 
 
 class DriftSetup:
@@ -204,87 +253,196 @@ def execute(
     on_event: Callable[[Event], None] | None = None,
     accept_new_host_key: bool = False,
     drift_setup: DriftSetup | None = None,
-) -> RunSummary:
-    summary = RunSummary(run_id=run_id, planned=len(plan))
+    stop: StopController | None = None,
+) -> tuple[dict[str, DeviceReport], bool]:
+    """Measure ``plan``: one worker per device, under :class:`~farmbench.farm.RetryPolicy` from ``run``. Returns each
+    device's report, and False when a second signal ended the wait with devices still busy."""
     notify = on_event or (lambda event: None)
-    lock = threading.Lock()
-
-    def account(device: str, record: MeasurementRecord, name: str) -> None:
-        with lock:
-            if record.status == "ok":
-                summary.ok += 1
-            elif record.status == "skipped":
-                summary.skipped += 1
-            else:
-                summary.failed += 1
-                summary.failures.append((device, name, f"{record.error_class}: {record.error_message}"))
-        notify({"event": "measured", "device": device, "artifact": name, "status": record.status,
-                "record": record})
-
-    def work(device: DeviceConfig) -> None:
+    stop = stop or StopController()
+    policy = RetryPolicy.from_run(run)
+    checker = _ArtifactChecker(artifacts)
+    workers: list[DeviceWorker[_Session, PlanItem]] = []
+    for device in devices:
         items = [item for item in plan if item.device == device.name]
-        if items:
-            _run_device(device, items, artifacts, store, run_id, run, account, notify, accept_new_host_key,
-                        drift_setup)
+        if not items:
+            continue
+        device_run = _DeviceRun(device, artifacts, store, run_id, run, accept_new_host_key, drift_setup, stop,
+                                checker, notify, [item for item in items])
+        workers.append(DeviceWorker(device_run.work(items), policy, stop))
+    notify({"event": "run-start", "run_id": run_id, "planned": len(plan),
+            "devices": {worker.work.name: len(worker.work.items) for worker in workers}})
 
-    with ThreadPoolExecutor(max_workers=max(1, len(devices)), thread_name_prefix="device") as pool:
-        for future in [pool.submit(work, device) for device in devices]:
-            future.result()
-    return summary
+    def on_stop() -> None:
+        notify({"event": "stopping", "signal": stop.reason})
+
+    finished = run_workers(workers, stop, on_stop)
+    return {worker.work.name: worker.report for worker in workers}, finished
 
 
-def _run_device(device: DeviceConfig, items: list[PlanItem], artifacts: dict[str, BuildResult],
-                store: ResultStore, run_id: str, run: RunConfig,
-                account: Callable[[str, MeasurementRecord, str], None], notify: Callable[[Event], None],
-                accept_new_host_key: bool, drift_setup: DriftSetup | None = None) -> None:
-    session: BoardSession | PhoneSession | None = None
-    try:
-        notify({"event": "device-connect", "device": device.name})
-        transport = open_transport(device, accept_new_host_key=accept_new_host_key)
-        if device.kind == "adb":
-            session = PhoneSession(device, transport)
-            session.prepare()
-            device_id = store.upsert_device(session.identity(), device.name, device.kind, session.context())
-            runtimes = {"benchmark_model": session.binary_path or "not configured",
-                        "onnxruntime_perf_test": session.ort_perf_test_path or "not configured"}
-        else:
-            session = BoardSession(device, transport)
-            wanted = _runtimes_to_probe(items)
-            session.prepare(wanted)
-            tflite_auto = any(i.spec.runtime == "auto" and i.format == "tflite" for i in items)
-            if tflite_auto and not {"litert", "tflite_runtime"} & set(session.usable_runtimes()):
-                session.prepare([*wanted, "tensorflow"])  # the last TFLite fallback, worth its import time only now
-            device_id = store.upsert_device(session.identity(), device.name, device.kind, device_context(session))
-            runtimes = session.usable_runtimes()
-        telemetry = DeviceTelemetry(device, transport)
-        telemetry.prepare()
-        notify({"event": "device-ready", "device": device.name, "runtimes": runtimes,
-                "telemetry": telemetry.describe()})
-    except FarmbenchError as exc:
-        # The device is unreachable or unusable: every item becomes a failed record, named after the config.
-        device_id = store.upsert_device(f"{device.kind}:unreached:{device.name}", device.name, device.kind,
-                                        {"source": device.source})
-        for item in items:
-            record = _base_record(item, run_id, device_id, artifacts).with_error(exc)
-            store.add_measurement(record)
-            account(device.name, record, item.artifact_name)
-        if session is not None:
-            session.close()
-        return
-    try:
-        for item in items:
-            base = replace(_base_record(item, run_id, device_id, artifacts), started_at=utc_now())
-            if isinstance(session, PhoneSession):
-                record = _measure_phone(session, item, base, artifacts[item.artifact_key], run, telemetry)
+class _ArtifactChecker:
+    """Hashes each artifact file once, on first use, against its manifest: a cache file changed since it was built
+    (disk corruption, a hand edit) fails its measurements for good instead of measuring other bytes."""
+
+    def __init__(self, artifacts: dict[str, BuildResult]) -> None:
+        self._artifacts = artifacts
+        self._lock = threading.Lock()
+        self._verdicts: dict[str, ArtifactCorruptedError | None] = {}
+        self._key_locks: dict[str, threading.Lock] = {}
+
+    def check(self, key: str) -> None:
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if key not in self._verdicts:
+                self._verdicts[key] = self._verify(key)
+        error = self._verdicts[key]
+        if error is not None:
+            raise error
+
+    def _verify(self, key: str) -> ArtifactCorruptedError | None:
+        artifact = self._artifacts[key]
+        entry = artifact.entry
+        assert entry is not None
+        expected = str(entry.manifest.get("sha256"))
+        try:
+            with entry.model_path.open("rb") as handle:
+                actual = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as err:
+            return ArtifactCorruptedError(f"artifact {artifact.name} ({entry.model_path}) cannot be read: {err}",
+                                          hint=f"remove it with `farmbench cache prune --key {key[:12]}` and run again"
+                                               " (it is rebuilt)")
+        if actual == expected:
+            return None
+        return ArtifactCorruptedError(
+            f"artifact {artifact.name} is corrupt: {entry.model_path} has sha256 {actual}, its manifest says"
+            f" {expected}", hint=f"remove it with `farmbench cache prune --key {key[:12]}` and run again (it is"
+                                 " rebuilt), or `farmbench build --force` with the same flags")
+
+
+@dataclass
+class _Session:
+    """A connected, prepared device: the runner session, its telemetry and the device's row in the store."""
+
+    session: BoardSession | PhoneSession
+    telemetry: DeviceTelemetry
+    device_id: int
+
+    @property
+    def transport(self) -> Transport:
+        return self.session.transport
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class _DeviceRun:
+    """One device's side of a run: the callables a :class:`~farmbench.farm.DeviceWorker` drives."""
+
+    def __init__(self, device: DeviceConfig, artifacts: dict[str, BuildResult], store: ResultStore, run_id: str,
+                 run: RunConfig, accept_new_host_key: bool, drift_setup: DriftSetup | None, stop: StopController,
+                 checker: _ArtifactChecker, notify: Callable[[Event], None], items: Sequence[PlanItem]) -> None:
+        self.device = device
+        self.artifacts = artifacts
+        self.store = store
+        self.run_id = run_id
+        self.run = run
+        self.accept_new_host_key = accept_new_host_key
+        self.drift_setup = drift_setup
+        self.stop = stop
+        self.checker = checker
+        self.notify = notify
+        self.items = items
+        self.device_id: int | None = None
+
+    def work(self, items: Sequence[PlanItem]) -> DeviceWork[_Session, PlanItem]:
+        return DeviceWork(name=self.device.name, items=items, connect=self.connect, measure=self.measure,
+                          failed=self.failed, not_run=self.not_run, commit=self.commit,
+                          label=lambda item: item.artifact_name, notify=self.notify)
+
+    def connect(self, attempt: int, orphans: Sequence[Orphan]) -> _Session:
+        device = self.device
+        transport = open_transport(device, accept_new_host_key=self.accept_new_host_key)
+        self.stop.register(transport)
+        session: BoardSession | PhoneSession | None = None
+        configured = f"{device.kind}:configured:{device.get('identity')}" if device.get("identity") else None
+        try:
+            transport.reap(orphans)
+            if device.kind == "adb":
+                session = PhoneSession(device, transport)
+                session.prepare()
+                context = session.context()
+                identity = configured or session.identity()
+                runtimes = {"benchmark_model": session.binary_path or "not configured",
+                            "onnxruntime_perf_test": session.ort_perf_test_path or "not configured"}
             else:
-                record = _measure(session, item, base, session.usable_runtimes(), artifacts[item.artifact_key],
-                                  run, telemetry)
-            if drift_setup is not None and record.status == "ok" and item.repeat == 0:
-                record = _with_drift(session, item, record, artifacts[item.artifact_key], drift_setup, run)
-            store.add_measurement(replace(record, finished_at=utc_now()))
-            account(device.name, record, item.artifact_name)
-    finally:
-        session.close()
+                session = BoardSession(device, transport)
+                wanted = _runtimes_to_probe(self.items)
+                session.prepare(wanted)
+                tflite_auto = any(i.spec.runtime == "auto" and i.format == "tflite" for i in self.items)
+                if tflite_auto and not {"litert", "tflite_runtime"} & set(session.usable_runtimes()):
+                    session.prepare([*wanted, "tensorflow"])  # the last TFLite fallback, worth its import time only now
+                context = device_context(session)
+                identity = configured or session.identity()  # a configured identity saves the board a command
+                runtimes = session.usable_runtimes()
+            self.device_id = self.store.upsert_device(identity, device.name, device.kind, context)
+            # The cooldown gate's waits end early on a stop; the next command then raises Interrupted.
+            telemetry = DeviceTelemetry(device, transport, sleep=self._sleep)
+            telemetry.prepare()
+        except BaseException:
+            self.stop.unregister(transport)
+            if session is not None:
+                session.close()
+            else:
+                transport.close()
+            raise
+        self.notify({"event": "device-ready", "device": device.name, "runtimes": runtimes,
+                     "telemetry": telemetry.describe(), "attempt": attempt})
+        return _Session(session, telemetry, self.device_id)
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.sleep(seconds)
+
+    def _device_id(self) -> int:
+        """The device's row; before a first successful connect, one named after its configuration."""
+        if self.device_id is None:
+            device = self.device
+            configured = device.get("identity")
+            identity = (f"{device.kind}:configured:{configured}" if configured
+                        else f"{device.kind}:unreached:{device.name}")
+            self.device_id = self.store.upsert_device(identity, device.name, device.kind, {"source": device.source})
+        return self.device_id
+
+    def base(self, item: PlanItem, attempt: int) -> MeasurementRecord:
+        return replace(_base_record(item, self.run_id, self._device_id(), self.artifacts), started_at=utc_now(),
+                       context={"attempt": attempt})
+
+    def measure(self, session: _Session, item: PlanItem, attempt: int) -> MeasurementRecord:
+        self.checker.check(item.artifact_key)
+        artifact = self.artifacts[item.artifact_key]
+        base = replace(_base_record(item, self.run_id, session.device_id, self.artifacts), started_at=utc_now())
+        runner = session.session
+        if isinstance(runner, PhoneSession):
+            record = _measure_phone(runner, item, base, artifact, self.run, session.telemetry)
+        else:
+            record = _measure(runner, item, base, runner.usable_runtimes(), artifact, self.run, session.telemetry)
+        if self.drift_setup is not None and record.status == "ok" and item.repeat == 0:
+            record = _with_drift(runner, item, record, artifact, self.drift_setup, self.run)
+        return replace(record, context={**record.context, "attempt": attempt})
+
+    def failed(self, item: PlanItem, error: FarmbenchError, attempt: int) -> MeasurementRecord:
+        return self.base(item, attempt).with_error(error)
+
+    def not_run(self, item: PlanItem, reason: str) -> MeasurementRecord:
+        return replace(self.base(item, 0), status="skipped", error_class=NOT_RUN_CLASS, transient=True,
+                       error_message=f"not run: {reason}. `farmbench run --resume {self.run_id}` runs it once the"
+                                     " device is back")
+
+    def commit(self, item: PlanItem, record: MeasurementRecord) -> None:
+        record = replace(record, finished_at=utc_now())
+        self.store.add_measurement(record)
+        self.notify({"event": "measured", "device": self.device.name, "artifact": item.artifact_name,
+                     "status": record.status, "record": record, "plan_index": item.index,
+                     "final": FLAG_RETRIED not in record.flags})
 
 
 def _with_drift(session: BoardSession | PhoneSession, item: PlanItem, record: MeasurementRecord,
@@ -312,6 +470,8 @@ def _with_drift(session: BoardSession | PhoneSession, item: PlanItem, record: Me
                                              timeout_s=run.timeout_s)[0]
         outputs = outputs.reshape(reference.shape)
         return replace(record, drift=drift_document(outputs, reference, evalset, twin), outputs=outputs)
+    except Interrupted:
+        raise  # the whole measurement runs again on resume, drift included
     except FarmbenchError as exc:
         return replace(record, drift={"error": exc.format()}, flags=[*record.flags, "drift_failed"])
 
@@ -458,6 +618,11 @@ def _measure(session: BoardSession, item: PlanItem, base: MeasurementRecord, usa
                            timed_runs if isinstance(timed_runs, int) else None)
 
 
+def stored_sweep(store: ResultStore, run_id: str) -> Sweep:
+    """The sweep run ``run_id`` recorded, to resume it with exactly its variants and [run] settings."""
+    return sweep_from_json(store.run(run_id).sweep)
+
+
 def run_sweep(
     sweep: Sweep,
     artifacts: Sequence[BuildResult],
@@ -469,38 +634,121 @@ def run_sweep(
     accept_new_host_key: bool = False,
     references: dict[str, BuildResult] | None = None,
     cache_dir: Path | None = None,
+    resume: str | None = None,
+    stop: StopController | None = None,
 ) -> RunSummary:
     """Plan, record the run, measure everything, finish the run. Artifacts must be built (failed builds are
     reported in the summary and left out of the plan). ``references`` (artifact key -> fp32 twin, from
     :func:`farmbench.variants.plan.build_references`) turn on the drift pass when the sweep asks for drift;
-    ``cache_dir`` is where reference outputs are cached."""
+    ``cache_dir`` is where reference outputs are cached.
+
+    ``resume``: continue that run instead of starting one -- its stored plan, positions not yet finished (``sweep``
+    must be :func:`stored_sweep`, ``artifacts`` built from it). SIGINT/SIGTERM stop the run (see
+    :mod:`farmbench.farm`); the summary then says ``interrupted`` and what was not run."""
     started = time.monotonic()
-    plan, not_planned = make_plan(artifacts, devices, sweep.run)
-    run_id = store.start_run(sweep_name=sweep.name, sweep=sweep_json(sweep), plan=[item.to_json() for item in plan],
-                             command=list(command) or sys.argv, seed=sweep.run.order_seed,
-                             git_commit=git_commit(), host=socket.gethostname())
-    by_key = {a.key: a for a in artifacts if a.entry is not None}
-    for artifact in by_key.values():
-        assert artifact.entry is not None
-        store.put_artifact(artifact.key, artifact.name, str(artifact.entry.manifest.get("format")),
-                           str(artifact.entry.manifest.get("sha256")), artifact.entry.manifest)
-    status = "failed"
-    try:
-        drift_setup = None
-        if sweep.run.drift and references is not None:
-            drift_setup = DriftSetup(references, cache_dir or ArtifactCache().root, sweep.run)
-        summary = execute(plan, devices, by_key, store, run_id, sweep.run, on_event=on_event,
-                          accept_new_host_key=accept_new_host_key, drift_setup=drift_setup)
-        status = "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        store.finish_run(run_id, status)
+    stop = stop or StopController()
+    with stop.signals():  # from the moment the run exists: a signal before the first measurement still counts
+        run_id, plan, done, todo, not_planned = _open_run(sweep, artifacts, devices, store, command, resume)
+        status = "failed"
+        reports: dict[str, DeviceReport] = {}
+        finished = True
+        try:
+            drift_setup = None
+            if sweep.run.drift and references is not None:
+                drift_setup = DriftSetup(references, cache_dir or ArtifactCache().root, sweep.run)
+            by_key = {a.key: a for a in artifacts if a.entry is not None}
+            reports, finished = execute(todo, devices, by_key, store, run_id, sweep.run, on_event=on_event,
+                                        accept_new_host_key=accept_new_host_key, drift_setup=drift_setup, stop=stop)
+            status = "interrupted" if stop.stopping else "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            store.finish_run(run_id, status)
+    summary = summarize_run(store, run_id, plan, status=status, signal=stop.reason)
+    summary.aborted = not finished
+    summary.resumed = resume is not None
+    summary.already_done = len(done)
+    summary.devices = reports
     summary.not_planned = not_planned
     summary.build_failures = [(a.name, a.error or "build failed") for a in artifacts if a.entry is None]
     summary.wall_s = time.monotonic() - started
     return summary
 
 
-__all__ = ["DriftSetup", "PlanItem", "RunSummary", "drift_document", "execute", "make_plan", "run_sweep"]
+def _open_run(sweep: Sweep, artifacts: Sequence[BuildResult], devices: Sequence[DeviceConfig], store: ResultStore,
+              command: Sequence[str], resume: str | None
+              ) -> tuple[str, list[PlanItem], set[int], list[PlanItem], list[str]]:
+    """Start the run (or reopen ``resume``) and record its artifacts: (run id, whole plan, positions already done,
+    positions to run, combinations not planned)."""
+    by_key = {a.key: a for a in artifacts if a.entry is not None}
+    if resume is not None:
+        info = store.run(resume)
+        plan = [PlanItem.from_json(entry) for entry in info.plan]
+        done = store.done_plan_indices(resume)
+        todo = [item for item in plan if item.index not in done]
+        _check_resumable(resume, todo, devices, by_key)
+        store.resume_run(resume)
+        run_id, not_planned = resume, list[str]()
+    else:
+        plan, not_planned = make_plan(artifacts, devices, sweep.run)
+        run_id = store.start_run(sweep_name=sweep.name, sweep=sweep_json(sweep),
+                                 plan=[item.to_json() for item in plan], command=list(command) or sys.argv,
+                                 seed=sweep.run.order_seed, git_commit=git_commit(), host=socket.gethostname())
+        done, todo = set(), plan
+    for artifact in by_key.values():
+        assert artifact.entry is not None
+        store.put_artifact(artifact.key, artifact.name, str(artifact.entry.manifest.get("format")),
+                           str(artifact.entry.manifest.get("sha256")), artifact.entry.manifest)
+    return run_id, plan, done, todo, not_planned
+
+
+def _check_resumable(run_id: str, todo: Sequence[PlanItem], devices: Sequence[DeviceConfig],
+                     artifacts: Mapping[str, BuildResult]) -> None:
+    """Refuse a resume that would not measure what the run planned: a device no longer configured, or an artifact
+    whose key changed (farmbench or a converter library was upgraded since, so the cache has other bytes)."""
+    names = {device.name for device in devices}
+    missing_devices = sorted({item.device for item in todo} - names)
+    if missing_devices:
+        raise UsageError(f"run {run_id} planned measurements on {', '.join(missing_devices)}, which its stored"
+                         f" device list no longer resolves to (it has {', '.join(sorted(names)) or 'none'})",
+                         hint="restore those device files, or start a new run")
+    missing = sorted({item.artifact_name for item in todo if item.artifact_key not in artifacts})
+    if missing:
+        raise UsageError(f"run {run_id} planned {', '.join(missing)}, and building its stored sweep now gives"
+                         " other artifacts (their keys changed: farmbench or a converter library is not the version"
+                         " that started the run)", hint="start a new run (`farmbench run` with the same sweep)")
+
+
+def summarize_run(store: ResultStore, run_id: str, plan: Sequence[PlanItem], *, status: str,
+                  signal: str | None = None) -> RunSummary:
+    """The summary of ``run_id`` from what the store holds: each plan position by its latest record."""
+    outcomes = store.plan_outcomes(run_id)
+    summary = RunSummary(run_id=run_id, planned=len(plan), status=status, signal=signal)
+    for item in plan:
+        record = outcomes.get(item.index)
+        if record is None:
+            reason = (f"the run was interrupted ({signal or 'stopped'}) before it ran; `farmbench run --resume"
+                      f" {run_id}` runs it" if status == "interrupted" else "not run")
+            summary.not_run += 1
+            summary.not_run_items.append({"device": item.device, "artifact": item.artifact_name,
+                                          "plan_index": item.index, "reason": reason})
+        elif record.status == "ok":
+            summary.ok += 1
+        elif record.status == "skipped" and record.error_class == NOT_RUN_CLASS:
+            summary.not_run += 1
+            summary.not_run_items.append({"device": item.device, "artifact": item.artifact_name,
+                                          "plan_index": item.index, "reason": record.error_message})
+        elif record.status == "skipped":
+            summary.skipped += 1
+        else:
+            summary.failed += 1
+            summary.failures.append((item.device, item.artifact_name,
+                                     f"{record.error_class}: {record.error_message}"))
+    attempts = store.measurements([run_id], with_samples=False)
+    summary.retried = sum(FLAG_RETRIED in record.flags for record in attempts)
+    return summary
+
+
+__all__ = ["DriftSetup", "PlanItem", "RunSummary", "drift_document", "execute", "make_plan", "run_sweep",
+           "stored_sweep", "summarize_run"]

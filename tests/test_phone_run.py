@@ -191,7 +191,8 @@ def test_benchmark_past_timeout_s_is_killed_and_recorded(
     device = phone_file(tmp_path, emulator.port, binary=binary, key=tmp_path / "keys" / "adbkey")
     db = tmp_path / "results.db"
     proc, seconds = farmbench("run", *GRID_FLAGS, "--quant", "fp32", "--format", "tflite", "--device", device,
-                              "--repeats", "1", *QUICK, "--timeout-s", "4", "--db", db, cache_dir=cache)
+                              "--repeats", "1", *QUICK, "--timeout-s", "4", "--retries", "0", "--db", db,
+                              cache_dir=cache)
     assert proc.returncode == 1, describe(proc)
     (record,) = records(db)
     assert record.status == "failed" and "did not finish within 4 s" in (record.error_message or "")

@@ -176,7 +176,9 @@ while count == 0 or i < count:
 def _start_writer(tmp_path: Path, db: Path, label: str, count: int) -> tuple[subprocess.Popen[str], str]:
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    proc = subprocess.Popen([sys.executable, str(script), str(db), label, str(count)], cwd=REPO, text=True,
+    # PYTHONPATH: the writer imports this checkout's farmbench, not whichever one is installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, str(script), str(db), label, str(count)], cwd=REPO, text=True, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline().split()

@@ -443,8 +443,9 @@ def test_closed_port_fails_within_the_connect_timeout(board: Board, cache: Path)
     port = free_port()
     device = board.device_file("closed-board", port=port, connect_timeout_s=3)
     db = board.directory / "closed.db"
+    # No retries and no unhealthy verdict: this is about one connection attempt (test_farm.py covers the policy).
     cli = farmbench("run", *GRID, *QUICK, "--repeats", "1", "--device", device, "--db", db, "--json",
-                    cache_dir=cache)
+                    "--retries", "0", "--unhealthy-after", "0", cache_dir=cache)
     assert cli.proc.returncode == 1, describe(cli.proc)
     assert cli.seconds < 30 and cli.summary["wall_s"] < 3, (cli.seconds, cli.summary)
     records = measurements(db)
@@ -466,7 +467,7 @@ def test_an_unreachable_board_does_not_stop_the_local_device(board: Board, cache
     device = board.device_file("closed-board-2", port=port, connect_timeout_s=3)
     db = board.directory / "two-devices.db"
     cli = farmbench("run", *GRID, *QUICK, "--repeats", "1", "--device", "local", "--device", device, "--db", db,
-                    cache_dir=cache)
+                    "--retries", "0", "--unhealthy-after", "0", cache_dir=cache)
     assert cli.proc.returncode == 1, describe(cli.proc)
     assert "4 ok, 4 failed, 0 skipped of 8 planned" in cli.proc.stdout, describe(cli.proc)
     assert f"on closed-board-2: ConnectError: 127.0.0.1:{port}" in cli.proc.stderr, describe(cli.proc)
@@ -566,23 +567,27 @@ def test_a_hanging_agent_is_killed_on_the_board_and_the_run_goes_on(board: Board
     board_cache = board.directory / marker
     device = board.device_file("hanging-board", cache_dir=board_cache)
     db = board.directory / "hang.db"
-    # The agent would time a million inferences for at least 100 s; the run allows 3 s per measurement.
+    # The agent would time a million inferences for at least 100 s; the run allows 3 s per measurement. A timeout
+    # is transient: each measurement is tried once more after reconnecting, then recorded as failed.
     cli = farmbench("run", *GRID_FLAGS, "--quant", "fp32", "--format", "tflite,onnx", "--runtime",
                     "litert,onnxruntime", "--runs", "1000000", "--min-s", "100", "--max-s", "200",
                     "--warmup-min-s", "0", "--repeats", "1", "--timeout-s", "3", "--device", device, "--db", db,
-                    "--json", cache_dir=cache)
+                    "--retries", "1", "--backoff-s", "0.2", "--json", cache_dir=cache)
     leftovers = board_processes(marker)
     assert cli.proc.returncode == 1, describe(cli.proc)
     assert leftovers == [], "the agent must be killed on the board"
     records = sorted(measurements(db), key=lambda r: r.id)
-    assert len(records) == 2, "the run goes on with the next item after a timeout"
+    assert len(records) == 4, "two attempts per measurement, and the run goes on with the next after a timeout"
     for record in records:
         assert record.status == "failed" and record.error_class == "CommandTimeoutError", record.error_message
         assert "within 3 s" in record.error_message and "killed on the board" in record.error_message
-        assert "agent.py bench" in record.error_message
+        assert "agent.py bench" in record.error_message and record.transient
         assert seconds_between(record.started_at, record.finished_at) < 10
+    assert ["retried" in r.flags for r in records] == [True, False, True, False]
+    assert [r.plan_index for r in records] == [0, 0, 1, 1]
     assert {artifact_names(db)[r.artifact_key] for r in records} == {
         f"{GRID_PREFIX}_fp32.tflite", f"{GRID_PREFIX}_fp32.onnx"}
-    assert records[0].finished_at <= records[1].started_at
+    assert all(a.finished_at <= b.started_at for a, b in itertools.pairwise(records))
     assert run_infos(db)[0].status == "finished"
-    assert cli.summary["failed"] == 2
+    assert (cli.summary["failed"], cli.summary["retried"]) == (2, 2)
+    assert cli.summary["devices"]["hanging-board"]["health"] == "healthy"  # 2 in a row, unhealthy_after is 3

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from farmbench.errors import (
+    ArtifactCorruptedError,
     AuthError,
     CommandTimeoutError,
     ConfigError,
@@ -383,8 +384,10 @@ def test_push_cached_refuses_a_hash_that_does_not_match(ssh_board: SshTransport,
     artifact.write_bytes(os.urandom(10_000))
     wrong = "0" * 64
     cache_dir = tmp_path / "board-cache"
-    with pytest.raises(TransportError, match="sha256"):
+    # The local file is not what its manifest says: a corrupt artifact (never retried), not a transport failure.
+    with pytest.raises(ArtifactCorruptedError, match="sha256") as caught:
         ssh_board.push_cached(artifact, wrong, str(cache_dir), "model.onnx", timeout_s=20)
+    assert caught.value.transient is False
     entry = cache_dir / wrong[:16]
     assert not (entry / "model.onnx").exists()
     assert not list(entry.glob("*"))

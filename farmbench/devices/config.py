@@ -35,6 +35,10 @@ DEVICE_FIELDS: tuple[Field, ...] = (
     Field("kind", "str", required=True, choices=KINDS,
           doc="local (this machine), ssh (Linux board), adb (Android phone: TCP host/port or USB serial)"),
     Field("description", "str", default="", doc="free text shown by `farmbench devices`"),
+    Field("identity", "str",
+          doc="a fixed identity for this device's results (default: found by probing: /etc/machine-id and host name"
+              " on boards, the serial on phones); set it when boards cloned from one SD-card image share a"
+              " machine-id and host name, or several device files reach one machine"),
     # SSH boards
     Field("host", "str", doc="ssh: host name, address, or a Host alias from ~/.ssh/config"),
     Field("port", "int", min_value=1, doc="ssh: port (default: from ~/.ssh/config, else 22)"),

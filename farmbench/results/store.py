@@ -446,6 +446,19 @@ class ResultStore:
                 " AND (status = 'ok' OR transient = 0)", (run_id,)).fetchall()
         return {int(row[0]) for row in rows}
 
+    def plan_outcomes(self, run_id: str) -> dict[int, MeasurementRecord]:
+        """Plan position -> its latest record in ``run_id`` (without samples): the position's outcome. Earlier
+        records of a position are attempts that failed and were tried again (see :mod:`farmbench.farm`)."""
+        self._check_runs([run_id])
+        columns = ", ".join(f"NULL AS {c}" if c in ("samples", "power_samples") else f"m.{c}"
+                            for c in self._measurement_columns)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {columns} FROM measurements m JOIN (SELECT plan_index, MAX(id) AS last_id FROM measurements"
+                " WHERE run_id = ? AND plan_index IS NOT NULL GROUP BY plan_index) latest ON m.id = latest.last_id",
+                (run_id,)).fetchall()
+        return {int(row["plan_index"]): MeasurementRecord.from_row(row, with_samples=False) for row in rows}
+
     # -- analysis and export -------------------------------------------------------------------------------------
 
     def frame(self, run_ids: Sequence[str] | None = None) -> pd.DataFrame:

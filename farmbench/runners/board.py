@@ -6,6 +6,7 @@ JSON document into a :class:`MeasurementRecord`. Works the same over every trans
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from farmbench.devices.config import DeviceConfig
-from farmbench.errors import RunnerError
+from farmbench.errors import RunnerError, TransportError
 from farmbench.results.schema import MeasurementRecord
 from farmbench.runners.telemetry import DeviceTelemetry, run_sampled
 from farmbench.telemetry.sampler import SamplerRun
@@ -185,15 +186,17 @@ class BoardSession:
                 if facts.format == "onnx" and info.quant_scale:
                     zero = info.quant_zero_point[0] if info.quant_zero_point else 0
                     args += [flag, f"{info.quant_scale[0]!r},{zero}"]
-            document = self._agent(args, timeout_s=max(1.0, deadline.remaining_s()))
-            if document.get("status") != "ok":
-                raise RunnerError(f"device {self.device.name}: computing outputs failed:"
-                                  f" {document.get('error_class')}: {document.get('error_message')}")
             local_outputs = Path(tmp_text) / "outputs.npy"
             try:
+                document = self._agent(args, timeout_s=max(1.0, deadline.remaining_s()))
+                if document.get("status") != "ok":
+                    raise RunnerError(f"device {self.device.name}: computing outputs failed:"
+                                      f" {document.get('error_class')}: {document.get('error_message')}")
                 self.transport.pull(remote_outputs, local_outputs, timeout_s=max(1.0, deadline.remaining_s()))
             finally:
-                self.transport.run(["rm", "-f", remote_outputs], timeout_s=30.0)
+                # Also when the run is stopping (remove() is cleanup) or the agent was cut short mid-write.
+                with contextlib.suppress(TransportError):
+                    self.transport.remove([remote_outputs], timeout_s=30.0)
             outputs: np.ndarray = np.load(local_outputs, allow_pickle=False)
         return outputs
 

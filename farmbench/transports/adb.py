@@ -13,7 +13,11 @@ Sharp edges of adb-shell 0.4.x handled here (see issue 4, "Transport (adb-shell 
   ``timeout_s``; :attr:`AdbTarget.read_timeout_s` bounds protocol steps (open, transfers' chunks).
 * **A timed-out command keeps running on the phone.** Each command runs under a ``sh`` that writes its PID to
   ``/data/local/tmp/farmbench/pids/<uuid>``; at the timeout a second shell kills that process, its process group
-  and all its descendants, then :class:`CommandTimeoutError` is raised.
+  and all its descendants, then :class:`CommandTimeoutError` is raised. :meth:`AdbTransport.cancel` (Ctrl-C) kills
+  the command in flight the same way over a second connection, since the first is busy reading it; a command whose
+  connection dropped becomes an :class:`~farmbench.transports.base.Orphan` the next connection kills (``reap``).
+* **A dropped TCP connection looks like silence.** adb-shell reads ``b""`` at EOF until ``read_timeout_s`` passes
+  (here: the command's whole timeout). :class:`_AdbIOManager01` raises ``ConnectionResetError`` at EOF instead.
 * **One connection, several threads** times out inside adb-shell: every call holds this transport's lock.
 * **Checksums.** adb-shell announces protocol version 0x01000000, so every packet carries the byte sum of its
   payload, and a device checks it (the ADB emulator sums in Python: that was most of a push's time).
@@ -29,6 +33,7 @@ Sharp edges of adb-shell 0.4.x handled here (see issue 4, "Transport (adb-shell 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -58,10 +63,11 @@ from farmbench.errors import (
     CommandTimeoutError,
     ConfigError,
     ConnectError,
+    Interrupted,
     TransferTimeoutError,
     TransportError,
 )
-from farmbench.transports.base import Completed, Deadline, Transport, partial_name
+from farmbench.transports.base import KILL_TREE_SCRIPT, Completed, Deadline, Orphan, Transport, partial_name
 from farmbench.transports.keyfiles import warn_if_loose
 from farmbench.transports.quoting import join, quote
 
@@ -89,23 +95,6 @@ _KILL_TIMEOUT_S = 10.0
 # parse and run the command line (so builtins and `exit N` behave as under ssh).
 _PID_WRAPPER = 'echo $$ > "$1"; eval "$2"'
 
-# Kills the process whose PID is in file $1: its process group (when it leads one) and its descendants, children
-# first so none is reparented to init before it is found. Descendants are found through /proc/*/status (toybox
-# and busybox both have grep); no pgrep needed.
-_KILL_SCRIPT = """\
-p=$(cat "$1" 2>/dev/null)
-rm -f "$1"
-case "$p" in ''|*[!0-9]*) exit 0;; esac
-kill_tree() {
-  for f in $(grep -l "^PPid:[[:space:]]*$1\\$" /proc/[0-9]*/status 2>/dev/null); do
-    c=${f#/proc/}; kill_tree "${c%/status}"
-  done
-  kill -9 "$1" 2>/dev/null
-}
-kill -9 -- "-$p" 2>/dev/null
-kill_tree "$p"
-exit 0
-"""
 
 _CONNECT_HINT = ("check that the phone is on the same network and that ADB over TCP is on: connect it by USB and "
                  "run `adb tcpip 5555` (or enable Wireless debugging), then use its Wi-Fi address")
@@ -248,6 +237,22 @@ class _AdbIOManager01(_AdbIOManager):  # type: ignore[misc]  # adb-shell is unty
             except BlockingIOError:  # select() said writable, the buffer filled up again: wait once more
                 continue
 
+    def _read_bytes_from_device(self, length: int, adb_info: Any) -> bytes:
+        """adb-shell's loop, except that EOF on TCP (select said readable, recv gave nothing) is a dropped
+        connection, raised at once instead of being read again until ``read_timeout_s``."""
+        start_s = time.monotonic()
+        data = bytearray()
+        while length > 0:
+            chunk = self._transport.bulk_read(length, adb_info.transport_timeout_s)
+            if not chunk and isinstance(self._transport, TcpTransport):
+                raise ConnectionResetError(f"the device closed the connection after {len(data)} of"
+                                           f" {len(data) + length} bytes")
+            data += chunk
+            length -= len(chunk)
+            if length and time.monotonic() - start_s > adb_info.read_timeout_s:
+                raise adb_exceptions.AdbTimeoutError(f"Timeout: read {len(data)} of {len(data) + length} bytes")
+        return bytes(data)
+
     def _read_packet_from_device(self, adb_info: Any) -> tuple[bytes, int, int, bytes]:
         header = self._read_bytes_from_device(_PACKET_HEADER.size, adb_info)
         wire, arg0, arg1, length_bytes, check, _magic = _PACKET_HEADER.unpack(header)
@@ -281,7 +286,7 @@ class _SyncSendStream:
     """
 
     def __init__(self, adb: AdbDevice, stream_info: Any, payload_max_bytes: int, deadline: Deadline,
-                 acked: Callable[[int], None]) -> None:
+                 acked: Callable[[int], None], stop: Callable[[], None] = lambda: None) -> None:
         self._adb = adb
         self._info = stream_info
         self._buffer = bytearray(payload_max_bytes)
@@ -290,6 +295,7 @@ class _SyncSendStream:
         self._file_bytes = 0  # file bytes in the buffer, not yet acknowledged
         self._deadline = deadline
         self._acked = acked
+        self._stop = stop  # raises to abandon the transfer (farmbench is stopping)
         self._reply = bytearray()  # what the device sent back on the sync stream (OKAY or FAIL at the end)
 
     def put(self, data: bytes) -> None:
@@ -335,6 +341,7 @@ class _SyncSendStream:
         """Send what the buffer holds as one WRTE and wait for the device's OKAY."""
         if not self._used_bytes:
             return
+        self._stop()
         if self._deadline.remaining_s() <= 0:
             raise _DeadlinePassed()
         info = self._info
@@ -377,12 +384,14 @@ class _DeadlineWriter(io.BytesIO):
     """A local file as adb-shell's pull wants a stream (BytesIO: adb-shell then does not reopen it), failing once the
     deadline passed (adb-shell swallows exceptions from progress callbacks, not from write())."""
 
-    def __init__(self, handle: io.BufferedWriter, deadline: Deadline) -> None:
+    def __init__(self, handle: io.BufferedWriter, deadline: Deadline, stop: Callable[[], None]) -> None:
         super().__init__()
         self._handle = handle
         self._deadline = deadline
+        self._stop = stop
 
     def write(self, data: Any) -> int:
+        self._stop()
         if self._deadline.remaining_s() <= 0:
             raise _DeadlinePassed()
         return self._handle.write(data)
@@ -400,10 +409,12 @@ class AdbTransport(Transport):
     (:class:`AdbUnauthorizedError` when the key is not accepted) with what to do next."""
 
     def __init__(self, target: AdbTarget, *, device: str | None = None) -> None:
+        super().__init__()
         self.target = target
         self.device = device or target.address
         self._lock = threading.Lock()
         self._closed = False
+        self._inflight_pid_file: str | None = None  # the command run() is waiting for
         self._signer = load_or_create_key(target.key_path)
         self._adb = self._make_device()
         self._connect()
@@ -500,6 +511,34 @@ class AdbTransport(Transport):
         if self._closed:
             raise TransportError(f"{self.device}: the ADB connection is closed", hint="open a new transport")
 
+    def cancel(self) -> None:
+        """Transport.cancel, and the command in flight is killed now, over a second connection: the first is busy
+        reading that command's output (adb-shell cannot do two things at once on one connection). The command then
+        ends, run() returns to its caller's thread and raises Interrupted there. Blocks for at most about
+        connect_timeout_s + 10 s (call it from a thread of its own when that matters)."""
+        super().cancel()
+        pid_file = self._inflight_pid_file
+        if pid_file is None or self._closed:
+            return
+        side: AdbDevice | None = None
+        try:
+            side = self._make_device()
+            side.connect(rsa_keys=[self._signer], transport_timeout_s=self.target.connect_timeout_s,
+                         read_timeout_s=self.target.connect_timeout_s, auth_timeout_s=self.target.connect_timeout_s)
+            side.shell(join(["sh", "-c", KILL_TREE_SCRIPT, "sh", "", _nonce_of(pid_file), pid_file]),
+                       transport_timeout_s=_KILL_TIMEOUT_S, read_timeout_s=_KILL_TIMEOUT_S, timeout_s=_KILL_TIMEOUT_S)
+        except Exception:  # noqa: BLE001  stopping goes on; the command's own timeout still bounds it
+            _log.warning("%s: could not kill the command in flight over a second connection", self.device,
+                         exc_info=True)
+        finally:
+            if side is not None:
+                with contextlib.suppress(Exception):
+                    side.close()
+
+    def _stop_transfer(self) -> None:
+        if self.interrupt_pending():
+            raise Interrupted(f"{self.device}: transfer stopped (farmbench is stopping)")
+
     # Commands
 
     def _shell(self, command: str, timeout_s: float) -> bytes:
@@ -511,6 +550,7 @@ class AdbTransport(Transport):
     def run(self, argv: Sequence[str], *, timeout_s: float, stdin: bytes | None = None) -> Completed:
         """Run ``argv`` on the phone. ``stderr`` is merged into ``stdout`` (ADB shell protocol v1)."""
         command = join(argv)
+        self.check_cancelled(f"`{command}`")
         if stdin is not None:
             raise TransportError(f"{self.device}: stdin is not supported over ADB shell v1 (`{command}`)",
                                  hint="push the input to a file and pass its path instead")
@@ -523,6 +563,7 @@ class AdbTransport(Transport):
         started = time.monotonic()
         with self._lock:
             self._check_open()
+            self._inflight_pid_file = None if self._cleaning_up() else pid_file
             try:
                 raw = self._shell(line, timeout_s)
             except _ADB_TIMEOUTS:
@@ -531,8 +572,16 @@ class AdbTransport(Transport):
                     f"{self.device}: `{command}` did not finish within {timeout_s:g} s; killed on the device",
                     hint="raise the timeout for this step (read_timeout_s follows it)") from None
             except Exception as err:
+                # The connection dropped under the command: it may still run on the phone. The next connection
+                # kills it (the orchestrator reaps orphans after reconnecting).
+                self.orphans.append(Orphan("", nonce, pid_file))
                 raise TransportError(f"{self.device}: running `{command}` failed: {type(err).__name__}: {err}",
-                                     hint="check that the phone is still connected (`adb devices`)") from err
+                                     hint="farmbench reconnects and retries; check that the phone is still connected"
+                                          " (`adb devices`) and its Wi-Fi or cable") from err
+            finally:
+                self._inflight_pid_file = None
+        if self.interrupt_pending():
+            raise Interrupted(f"{self.device}: `{command}` was stopped (farmbench is stopping); killed on the device")
         duration_s = time.monotonic() - started
         text = raw.decode("utf-8", "backslashreplace").replace("\r\n", "\n")
         at = text.rfind(marker)
@@ -542,10 +591,14 @@ class AdbTransport(Transport):
             return Completed(command, -1, text, "", duration_s, self.device)
         return Completed(command, int(match.group(1)), text[:at], "", duration_s, self.device)
 
+    def _cleaning_up(self) -> bool:
+        return self.cancelled and not self.interrupt_pending()
+
     def _kill(self, pid_file: str) -> None:
         """Kill the timed-out command on the phone through a second shell (caller holds the lock)."""
         try:
-            self._adb.shell(join(["sh", "-c", _KILL_SCRIPT, "sh", pid_file]), transport_timeout_s=_KILL_TIMEOUT_S,
+            self._adb.shell(join(["sh", "-c", KILL_TREE_SCRIPT, "sh", "", _nonce_of(pid_file), pid_file]),
+                            transport_timeout_s=_KILL_TIMEOUT_S,
                             read_timeout_s=_KILL_TIMEOUT_S, timeout_s=_KILL_TIMEOUT_S, decode=False)
         except Exception:  # noqa: BLE001  the timeout is the error to report; this one is logged
             _log.warning("%s: could not kill a timed-out command (pid file %s)", self.device, pid_file,
@@ -581,6 +634,7 @@ class AdbTransport(Transport):
         temporary = partial_name(remote)
         with self._lock:
             self._check_open()
+            self.check_cancelled(f"push of {local}")
             try:
                 with local.open("rb", buffering=0) as handle:
                     self._send_file(handle, temporary, deadline, count)
@@ -599,7 +653,7 @@ class AdbTransport(Transport):
         stream_info = adb._open(b"sync:", io_timeout_s, io_timeout_s, None)
         # The device's CNXN maxdata bounds every WRTE we send; ours (1 MiB, adb-shell's CNXN) bounds it too.
         payload_max_bytes = min(int(adb._maxdata or adb_constants.MAX_LEGACY_ADB_DATA), adb_constants.MAX_ADB_DATA)
-        stream = _SyncSendStream(adb, stream_info, payload_max_bytes, deadline, acked)
+        stream = _SyncSendStream(adb, stream_info, payload_max_bytes, deadline, acked, self._stop_transfer)
         spec = f"{remote},{_PUSH_MODE}".encode()
         stream.put(_SYNC_HEADER.pack(b"SEND", len(spec)) + spec)
         stream.put_file(handle)
@@ -614,9 +668,10 @@ class AdbTransport(Transport):
         temporary = Path(partial_name(str(local)))
         with self._lock:
             self._check_open()
+            self.check_cancelled(f"pull of {remote}")
             try:
                 with temporary.open("wb") as handle:
-                    self._adb.pull(remote, _DeadlineWriter(handle, deadline),
+                    self._adb.pull(remote, _DeadlineWriter(handle, deadline, self._stop_transfer),
                                    transport_timeout_s=self._io_timeout_s(deadline),
                                    read_timeout_s=self._io_timeout_s(deadline))
             except Exception as err:  # noqa: BLE001  (re-raised by _transfer_failed)
@@ -636,6 +691,8 @@ class AdbTransport(Transport):
                                 read_timeout_s=10.0, timeout_s=10.0)
             except Exception:  # noqa: BLE001  best effort: the transfer failure is the one to report
                 _log.debug("%s: could not remove %s", self.device, remote_temporary, exc_info=True)
+        if isinstance(err, Interrupted):
+            raise err
         if isinstance(err, _DeadlinePassed) or (isinstance(err, _ADB_TIMEOUTS) and deadline.remaining_s() <= 0):
             raise TransferTimeoutError(f"{self.device}: {what} took longer than {deadline.timeout_s:g} s",
                                        hint="raise the transfer timeout for this device") from None
@@ -646,7 +703,7 @@ class AdbTransport(Transport):
                                  hint="check the phone's connection; raise read_timeout_s for a slow link") from None
         if isinstance(err, OSError):
             raise TransportError(f"{self.device}: {what} failed: the connection dropped ({type(err).__name__}: {err})",
-                                 hint="check the phone's connection and retry") from err
+                                 hint="farmbench reconnects and retries; check the phone's connection") from err
         raise TransportError(f"{self.device}: {what} failed: {type(err).__name__}: {err}",
                              hint="check free space on the device and that the directory exists") from err
 
@@ -659,3 +716,8 @@ class AdbTransport(Transport):
                 self._adb.close()
             except Exception:  # noqa: BLE001  closing a dead socket is not worth an error
                 _log.debug("%s: close failed", self.device, exc_info=True)
+
+
+def _nonce_of(pid_file: str) -> str:
+    """The nonce in a PID file's name (it is also in the command line of the shell that wrote it)."""
+    return pid_file.rsplit("/", 1)[-1]

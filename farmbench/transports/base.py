@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import hashlib
 import re
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from farmbench.errors import TransferTimeoutError, TransportError
+from farmbench.errors import ArtifactCorruptedError, DiskFullError, Interrupted, TransferTimeoutError, TransportError
 
 # After SIGTERM at the timeout, how long a command may take to exit before it gets SIGKILL (local and on boards).
 KILL_AFTER_S = 2.0
@@ -50,6 +52,47 @@ exit 4
 """
 _SHA256_NO_FILE_RC = 3
 _SHA256_NO_TOOL_RC = 4
+
+# How often a command or transfer in flight looks at the cancel flag (the delay between Ctrl-C and its kill).
+CANCEL_POLL_S = 0.2
+
+# Kills process $1 (or the one whose PID is in file $3) and all its descendants, children first so none is reparented
+# to init before it is found, then its process group when it leads one -- but only if its command line still
+# contains the nonce $2: the PID of a command lost with its connection may have been reused by an unrelated process
+# since. Descendants are found through /proc/*/status with grep and tr (coreutils, busybox and toybox all have them;
+# no pgrep needed). $3, when given, is removed too (the PID file on phones).
+KILL_TREE_SCRIPT = """\
+p=$1
+if [ -z "$p" ] && [ -n "$3" ]; then p=$(cat "$3" 2>/dev/null); fi
+[ -n "$3" ] && rm -f "$3"
+case "$p" in ''|*[!0-9]*) exit 0;; esac
+c=$(tr '\\000' ' ' < "/proc/$p/cmdline" 2>/dev/null)
+case "$c" in *"$2"*) ;; *) exit 0;; esac
+kill_tree() {
+  for f in $(grep -l "^PPid:[[:space:]]*$1\\$" /proc/[0-9]*/status 2>/dev/null); do
+    c=${f#/proc/}; kill_tree "${c%/status}"
+  done
+  kill -9 "$1" 2>/dev/null
+}
+kill_tree "$p"
+kill -9 -- "-$p" 2>/dev/null
+exit 0
+"""
+
+# `df -P -k DIR`: POSIX output, 1024-byte blocks; the 4th field of the last line is what is available.
+_DF_ARGV = ("df", "-P", "-k")
+_NO_SPACE_TEXT = ("no space left on device", "disk full", "enospc", "quota exceeded")
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A command whose connection was lost while it ran: it may still be running on the device. ``pid`` is the shell
+    farmbench started it under, ``nonce`` a string in that shell's command line (so a reused PID is never killed),
+    ``pid_file`` a file on the device to remove with it (phones)."""
+
+    pid: str
+    nonce: str
+    pid_file: str = ""
 
 
 def tail(text: str, limit_chars: int = STDERR_TAIL_CHARS) -> str:
@@ -123,6 +166,54 @@ class Transport(abc.ABC):
     device: str
     """Name used in messages ("local", "pi5", "ssh://pi@10.0.0.5")."""
 
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+        self._cleanup_local = threading.local()
+        # Commands lost with their connection; a new transport to the same device kills them (see reap()).
+        self.orphans: list[Orphan] = []
+
+    # Cancellation: a run that is stopping (Ctrl-C) cancels each device's transport from another thread.
+
+    def cancel(self) -> None:
+        """Stop: the operation in flight ends soon (within CANCEL_POLL_S; its processes killed on the device) and
+        every later one raises :class:`~farmbench.errors.Interrupted` at once, except cleanup (:meth:`remove`,
+        :meth:`cleanup`). Safe to call from any thread, more than once."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @contextlib.contextmanager
+    def cleanup(self) -> Iterator[None]:
+        """Operations in this block (in this thread) run even after :meth:`cancel`: removing temporary files and
+        killing what a cancelled command left behind must still happen while farmbench stops."""
+        depth = getattr(self._cleanup_local, "depth", 0)
+        self._cleanup_local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._cleanup_local.depth = depth
+
+    def interrupt_pending(self) -> bool:
+        """Whether the operation in this thread should stop now: cancelled, and not cleanup."""
+        return self._cancelled.is_set() and not getattr(self._cleanup_local, "depth", 0)
+
+    def check_cancelled(self, what: str) -> None:
+        """Raise Interrupted when :meth:`interrupt_pending`; ``what`` names the operation for the message."""
+        if self.interrupt_pending():
+            raise Interrupted(f"{self.device}: {what} stopped: farmbench is stopping (interrupted)")
+
+    def reap(self, orphans: Sequence[Orphan], *, timeout_s: float = 30.0) -> int:
+        """Kill commands an earlier connection to this device lost while they ran (and remove their PID files).
+        Best effort; returns how many were looked at."""
+        with self.cleanup():
+            for orphan in orphans:
+                with contextlib.suppress(TransportError):
+                    self.run(["sh", "-c", KILL_TREE_SCRIPT, "sh", orphan.pid, orphan.nonce, orphan.pid_file],
+                             timeout_s=timeout_s)
+        return len(orphans)
+
     @abc.abstractmethod
     def run(self, argv: Sequence[str], *, timeout_s: float, stdin: bytes | None = None) -> Completed:
         """Run ``argv`` (no shell in between on the host; one POSIX shell parsing ``quoting.join(argv)`` on a
@@ -186,12 +277,26 @@ class Transport(abc.ABC):
         self.run(["mkdir", "-p", "--", path], timeout_s=timeout_s).check()
 
     def remove(self, paths: Sequence[str], *, timeout_s: float, recursive: bool = False) -> None:
-        """Delete files (and directory trees when ``recursive``) on the device; missing ones are not an error."""
+        """Delete files (and directory trees when ``recursive``) on the device; missing ones are not an error.
+        Cleanup: runs even after :meth:`cancel`."""
         if isinstance(paths, str):
             raise TypeError("remove() takes a list of paths")
         if not paths:
             return
-        self.run(["rm", "-rf" if recursive else "-f", "--", *paths], timeout_s=timeout_s).check()
+        with self.cleanup():
+            self.run(["rm", "-rf" if recursive else "-f", "--", *paths], timeout_s=timeout_s).check()
+
+    def free_bytes(self, path: str, *, timeout_s: float) -> int | None:
+        """Bytes available to us on the filesystem holding ``path`` (``df -P -k``), or None when df cannot tell."""
+        with self.cleanup():
+            done = self.run([*_DF_ARGV, path], timeout_s=timeout_s)
+        lines = [line.split() for line in done.stdout.strip().splitlines()]
+        if done.rc != 0 or len(lines) < 2:
+            return None
+        fields = lines[-1]
+        # A long device name wraps onto its own line in some df builds: the numbers then start the last line.
+        numbers = [field for field in fields if field.isdigit()]
+        return int(numbers[2]) * 1024 if len(numbers) >= 3 else None
 
     def push_cached(self, local: Path, sha256: str, cache_dir: str, name: str, *,
                     timeout_s: float) -> tuple[str, bool]:
@@ -223,12 +328,16 @@ class Transport(abc.ABC):
         # file takes its final name.
         temporary = partial_name(final)
         try:
-            self.push(local, temporary, timeout_s=remaining_s())
+            try:
+                self.push(local, temporary, timeout_s=remaining_s())
+            except TransportError as err:
+                self._discard(temporary)
+                raise self._disk_full(err, local, directory) or err
             uploaded = self.remote_sha256(temporary, remaining_s())
             if uploaded != sha256:
                 local_sha256 = _file_sha256(local)
                 if local_sha256 != sha256:
-                    raise TransportError(
+                    raise ArtifactCorruptedError(
                         f"{local} changed: its sha256 is {local_sha256}, not the expected {sha256}",
                         hint="rebuild the artifact (its manifest no longer matches the file)")
                 raise TransportError(f"{self.device}: upload of {local.name} to {final} is corrupted: sha256 on the "
@@ -245,6 +354,32 @@ class Transport(abc.ABC):
         # The original failure is the one worth reporting, not a failure to tidy up after it.
         with contextlib.suppress(Exception):
             self.remove([path], timeout_s=10.0)
+
+    def _disk_full(self, err: TransportError, local: Path, directory: str) -> DiskFullError | None:
+        """A DiskFullError for a failed upload when the device ran out of room: the error says so (ENOSPC), or the
+        filesystem has less free space than the file needs. SFTP servers report ENOSPC as a bare "Failure", so the
+        free space is asked for after the (partial) file was removed. None: some other failure."""
+        if isinstance(err, (DiskFullError, TransferTimeoutError)):
+            return None
+        size_bytes = local.stat().st_size
+        text = f"{err} {err.__cause__ or ''}".lower()
+        said_so = any(marker in text for marker in _NO_SPACE_TEXT) or (
+            isinstance(err.__cause__, OSError) and err.__cause__.errno in (errno.ENOSPC, errno.EDQUOT))
+        free: int | None = None
+        with contextlib.suppress(Exception):
+            free = self.free_bytes(directory, timeout_s=10.0)
+        if not said_so and (free is None or free >= size_bytes):
+            return None
+        if free is None:
+            room = "free space unknown"
+        elif free < size_bytes:
+            room = f"{free / 2**20:.1f} MiB free"
+        else:  # the device said so, though df sees room there (a quota, or another filesystem under the path)
+            room = "the device reports no space left"
+        return DiskFullError(
+            f"{self.device}: no room for {local.name} ({size_bytes / 2**20:.1f} MiB) in {directory}: {room}",
+            hint="free space on the device (old models under its farmbench cache directory can go), or point "
+                 "cache_dir (boards) / device_dir (phones) in the device file at a larger filesystem")
 
 
 def _file_sha256(path: Path) -> str:

@@ -9,8 +9,16 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from farmbench.errors import CommandTimeoutError, TransferTimeoutError, TransportError
-from farmbench.transports.base import KILL_AFTER_S, Completed, Deadline, Transport, partial_name, tail
+from farmbench.errors import CommandTimeoutError, Interrupted, TransferTimeoutError, TransportError
+from farmbench.transports.base import (
+    CANCEL_POLL_S,
+    KILL_AFTER_S,
+    Completed,
+    Deadline,
+    Transport,
+    partial_name,
+    tail,
+)
 from farmbench.transports.quoting import join
 
 _COPY_CHUNK_BYTES = 1 << 20
@@ -20,12 +28,14 @@ class LocalTransport(Transport):
     """Runs argv directly (no shell), each command in a new session so a timeout can kill everything it started."""
 
     def __init__(self, *, device: str = "local", env: Mapping[str, str] | None = None) -> None:
+        super().__init__()
         self.device = device
         self._env = dict(env) if env is not None else None
 
     def run(self, argv: Sequence[str], *, timeout_s: float, stdin: bytes | None = None) -> Completed:
         # join() validates argv and gives the same command text a remote transport would send, for messages.
         command = join(argv)
+        self.check_cancelled(f"`{command}`")
         start_s = time.monotonic()
         try:
             process = subprocess.Popen(
@@ -44,8 +54,23 @@ class LocalTransport(Transport):
             rc = 127 if isinstance(err, FileNotFoundError) else 126
             return Completed(command, rc, "", f"{argv[0]}: {err.strerror}\n", time.monotonic() - start_s,
                              self.device)
+        deadline = Deadline(timeout_s)
         try:
-            stdout_b, stderr_b = process.communicate(stdin, timeout=timeout_s)
+            while True:
+                # In slices, so a cancel (Ctrl-C in another thread) is noticed; communicate() may be called again
+                # after TimeoutExpired without losing output. stdin goes in with the first call only.
+                try:
+                    stdout_b, stderr_b = process.communicate(
+                        stdin, timeout=max(0.0, min(deadline.remaining_s(), CANCEL_POLL_S)))
+                    break
+                except subprocess.TimeoutExpired:
+                    stdin = None
+                    if deadline.remaining_s() <= 0:
+                        raise
+                    if self.interrupt_pending():
+                        _terminate_group(process)
+                        raise Interrupted(f"{self.device}: `{command}` was stopped (farmbench is stopping); its "
+                                          "process group was killed") from None
         except subprocess.TimeoutExpired:
             _, stderr_b = _terminate_group(process)
             message = f"{self.device}: `{command}` did not finish within {timeout_s:g} s; its process group was killed"
@@ -62,9 +87,11 @@ class LocalTransport(Transport):
                          stderr_b.decode(errors="replace"), time.monotonic() - start_s, self.device)
 
     def push(self, local: Path, remote: str, *, timeout_s: float) -> None:
+        self.check_cancelled(f"push of {local}")
         self._copy(local, Path(remote), timeout_s, "push")
 
     def pull(self, remote: str, local: Path, *, timeout_s: float) -> None:
+        self.check_cancelled(f"pull of {remote}")
         self._copy(Path(remote), local, timeout_s, "pull")
 
     def close(self) -> None:
@@ -78,6 +105,7 @@ class LocalTransport(Transport):
             with source.open("rb") as reader, temporary.open("wb") as writer:
                 while chunk := reader.read(_COPY_CHUNK_BYTES):
                     writer.write(chunk)
+                    self.check_cancelled(f"{what} of {source}")
                     if deadline.remaining_s() <= 0:
                         raise TransferTimeoutError(
                             f"{self.device}: {what} of {source} to {destination} took longer than {timeout_s:g} s")

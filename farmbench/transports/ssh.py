@@ -22,6 +22,7 @@ import select
 import socket
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +36,21 @@ from farmbench.errors import (
     ConfigError,
     ConnectError,
     HostKeyError,
+    Interrupted,
     TransferTimeoutError,
     TransportError,
 )
-from farmbench.transports.base import KILL_AFTER_S, Completed, Deadline, Transport, partial_name, tail
+from farmbench.transports.base import (
+    CANCEL_POLL_S,
+    KILL_AFTER_S,
+    KILL_TREE_SCRIPT,
+    Completed,
+    Deadline,
+    Orphan,
+    Transport,
+    partial_name,
+    tail,
+)
 from farmbench.transports.keyfiles import warn_if_loose
 from farmbench.transports.quoting import join
 
@@ -56,7 +68,12 @@ _TIMEOUT_EXIT_CODES = (124, 128 + 9)
 # timeout delivers SIGKILL to its whole process group, itself included; without a parent to turn that into exit
 # status 137, sshd would report an exit-signal, which paramiko does not decode. The same goes for a command that
 # crashes: the shell reports 128+N, as LocalTransport does.
-_BOARD_WRAPPER = 'timeout "$@"; exit $?'
+# The shell first prints "<marker>=<its PID>" on stderr ($1 is the marker, also in its command line): with it a
+# cancelled command, or one whose connection was lost, can be killed on the board (KILL_TREE_SCRIPT), and a reused
+# PID is never mistaken for it. run() strips that line from stderr.
+_BOARD_WRAPPER = 'printf "%s=%s\\n" "$1" "$$" >&2; shift; timeout "$@"; exit $?'
+_PLAIN_WRAPPER = 'printf "%s=%s\\n" "$1" "$$" >&2; shift; "$@"; exit $?'
+_PID_MARKER_PREFIX = "__FB_PID_"
 # The board's `timeout` should end a command first; the local deadline is a backstop for a wedged board or link.
 _LOCAL_BACKSTOP_S = KILL_AFTER_S + 3.0
 # Keys paramiko's look_for_keys tries in ~/.ssh, for messages and the permission check.
@@ -285,6 +302,7 @@ class SshTransport(Transport):
     AuthError (all TransportError) with what to do next."""
 
     def __init__(self, target: SshTarget, *, device: str | None = None) -> None:
+        super().__init__()
         self.target = target
         self.device = device or target.host
         self._clients: list[paramiko.SSHClient] = []  # jump hosts first, the board last
@@ -451,16 +469,20 @@ class SshTransport(Transport):
 
     def run(self, argv: Sequence[str], *, timeout_s: float, stdin: bytes | None = None) -> Completed:
         command = join(argv)
+        self.check_cancelled(f"`{command}`")
         deadline = Deadline(timeout_s)
+        marker = f"{_PID_MARKER_PREFIX}{uuid.uuid4().hex[:16]}"
         if self._board_can_time_out():
             # `timeout` counts whole seconds portably (busybox may lack fractions): round the budget up.
             board_limit_s = max(1, math.ceil(timeout_s))
-            wire = join(["sh", "-c", _BOARD_WRAPPER, "sh", "-s", "TERM", "-k", f"{KILL_AFTER_S:g}",
+            wire = join(["sh", "-c", _BOARD_WRAPPER, "sh", marker, "-s", "TERM", "-k", f"{KILL_AFTER_S:g}",
                          str(board_limit_s), *argv])
-            result = self._exec(wire, timeout_s=board_limit_s + _LOCAL_BACKSTOP_S, stdin=stdin)
+            result = self._exec(wire, timeout_s=board_limit_s + _LOCAL_BACKSTOP_S, stdin=stdin, marker=marker,
+                                command=command)
         else:
             board_limit_s = None
-            result = self._exec(command, timeout_s=timeout_s, stdin=stdin)
+            result = self._exec(join(["sh", "-c", _PLAIN_WRAPPER, "sh", marker, *argv]), timeout_s=timeout_s,
+                                stdin=stdin, marker=marker, command=command)
         duration_s = deadline.elapsed_s()
         where = f"{self.device} ({self._endpoint.address})"
         if result.rc is None:
@@ -481,7 +503,8 @@ class SshTransport(Transport):
         """Whether the board's `timeout` takes the options run() uses (coreutils, or busybox 1.30+). Probed once."""
         if self._board_timeout_works is None:
             probe = self._exec(join(["timeout", "-s", "TERM", "-k", "1", "10", "true"]),
-                               timeout_s=self.target.connect_timeout_s + 10.0, stdin=None)
+                               timeout_s=self.target.connect_timeout_s + 10.0, stdin=None, marker=None,
+                               command="timeout -s TERM -k 1 10 true")
             if probe.rc is None:
                 raise CommandTimeoutError(f"{self.device} ({self._endpoint.address}) did not run `true` within "
                                           f"{self.target.connect_timeout_s + 10.0:g} s",
@@ -493,11 +516,18 @@ class SshTransport(Transport):
                              tail(probe.stderr.decode(errors="replace"), 200) or f"exit {probe.rc}")
         return self._board_timeout_works
 
-    def _exec(self, wire: str, *, timeout_s: float, stdin: bytes | None) -> _ChannelResult:
+    def _exec(self, wire: str, *, timeout_s: float, stdin: bytes | None, marker: str | None,
+              command: str) -> _ChannelResult:
         """Run one command line on a new channel, reading stdout and stderr as they come (a command blocked on a
-        full stderr pipe while we wait on stdout would deadlock), until both end or ``timeout_s`` passes."""
+        full stderr pipe while we wait on stdout would deadlock), until both end or ``timeout_s`` passes.
+
+        With a ``marker`` (the wrappers of run()), the shell's PID is read from stderr as soon as it arrives and the
+        marker line is removed. A cancel (another thread) kills the command's process tree on the board and raises
+        Interrupted; a connection lost while the command runs leaves an :class:`Orphan` for the next connection to
+        kill, and raises a (transient) TransportError."""
         deadline = Deadline(timeout_s)
         transport = self._live_transport()
+        pid: str | None = None
         try:
             channel = transport.open_session(timeout=min(timeout_s, self.target.connect_timeout_s))
         except (paramiko.SSHException, OSError, EOFError) as err:
@@ -527,6 +557,8 @@ class SshTransport(Transport):
                         progressed = True
                         stderr += chunk
                         stderr_open = bool(chunk)
+                        if marker is not None and pid is None:
+                            pid = _take_pid(stderr, marker)
                 if pending:
                     sent = _send(channel, pending)
                     if sent < 0:  # the command stopped reading; the rest of stdin has nowhere to go
@@ -537,21 +569,44 @@ class SshTransport(Transport):
                             channel.shutdown_write()
                 if progressed:
                     continue
+                self._stop_if_cancelled(command, pid, marker)
                 left_s = deadline.remaining_s()
                 if left_s <= 0:
-                    return _ChannelResult(None, bytes(stdout), bytes(stderr))
-                select.select([wakeup], [], [], min(left_s, _STDIN_POLL_S) if pending else left_s)
+                    return _ChannelResult(None, bytes(stdout), _without_marker(stderr, marker))
+                select.select([wakeup], [], [], min(left_s, _STDIN_POLL_S if pending else CANCEL_POLL_S))
             # Both streams ended; the exit status follows, later if the command closed its output early.
-            if not channel.status_event.wait(max(deadline.remaining_s(), 0.0)):
-                return _ChannelResult(None, bytes(stdout), bytes(stderr))
-            # -1 when the board sent no exit status (e.g. exit-signal, which paramiko does not decode).
-            return _ChannelResult(channel.recv_exit_status(), bytes(stdout), bytes(stderr))
+            while not channel.status_event.wait(max(min(deadline.remaining_s(), CANCEL_POLL_S), 0.0)):
+                self._stop_if_cancelled(command, pid, marker)
+                if deadline.remaining_s() <= 0:
+                    return _ChannelResult(None, bytes(stdout), _without_marker(stderr, marker))
+            # -1 when the board sent no exit status (e.g. exit-signal, which paramiko does not decode), and when the
+            # connection died under the command: paramiko then closes the channel without a status.
+            rc = channel.recv_exit_status()
+            if rc == -1 and not transport.is_active():
+                raise EOFError("the connection closed before the command's exit status arrived")
+            self._stop_if_cancelled(command, pid, marker)
+            return _ChannelResult(rc, bytes(stdout), _without_marker(stderr, marker))
         except (paramiko.SSHException, OSError, EOFError) as err:
+            if pid is not None and marker is not None:
+                self.orphans.append(Orphan(pid, marker))
             raise TransportError(f"{self.device}: the SSH connection to {self._endpoint.address} failed while "
-                                 f"running a command ({err or type(err).__name__})",
-                                 hint="reconnect and retry; check the board's network") from None
+                                 f"running `{command}` ({err or type(err).__name__})",
+                                 hint="farmbench reconnects and retries; check the board's network and power"
+                                 ) from None
         finally:
             channel.close()
+
+    def _stop_if_cancelled(self, command: str, pid: str | None, marker: str | None) -> None:
+        """After cancel(): kill the command's process tree on the board (when its PID is known) and raise."""
+        if not self.interrupt_pending():
+            return
+        killed = ""
+        if pid is not None and marker is not None:
+            with self.cleanup(), contextlib.suppress(TransportError):
+                self._exec(join(["sh", "-c", KILL_TREE_SCRIPT, "sh", pid, marker]), timeout_s=30.0, stdin=None,
+                           marker=None, command="kill")
+                killed = f"; its processes (shell PID {pid}) were killed on the board"
+        raise Interrupted(f"{self.device}: `{command}` was stopped (farmbench is stopping){killed}")
 
     # Files
 
@@ -581,6 +636,7 @@ class SshTransport(Transport):
     def _transfer(self, direction: Literal["push", "pull"], local: Path, remote: str, timeout_s: float) -> None:
         """SFTP put to a temporary name then posix_rename, or get with prefetch into a temporary local file then
         rename; either way the destination never holds a partial file, and ``timeout_s`` bounds the whole copy."""
+        self.check_cancelled(f"{direction} of {local if direction == 'push' else remote}")
         self._live_transport()
         deadline = Deadline(timeout_s)
         source, destination = (str(local), remote) if direction == "push" else (remote, str(local))
@@ -590,6 +646,7 @@ class SshTransport(Transport):
             channel = sftp.get_channel()
 
             def progress(_done_bytes: int, _total_bytes: int) -> None:
+                self.check_cancelled(f"{direction} of {source}")
                 left_s = deadline.remaining_s()
                 if left_s <= 0:
                     raise TimeoutError()
@@ -605,6 +662,11 @@ class SshTransport(Transport):
                     # prefetch keeps many read requests in flight: without it a pull runs at one chunk per round trip.
                     sftp.get(source, temporary, callback=progress, prefetch=True)
                     os.replace(temporary, destination)
+            except Interrupted:
+                self._drop_sftp()
+                with self.cleanup():
+                    self._discard_partial(direction, temporary)
+                raise
             except TimeoutError:
                 self._drop_sftp()
                 self._discard_partial(direction, temporary)
@@ -657,6 +719,25 @@ def _send(channel: paramiko.Channel, data: bytes) -> int:
     except OSError:
         return -1
     return sent if sent > 0 else -1
+
+
+def _take_pid(stderr: bytearray, marker: str) -> str | None:
+    """The PID on the wrapper's first stderr line ``<marker>=<pid>``, once that line is complete."""
+    head = bytes(stderr[:len(marker) + 24])
+    prefix = marker.encode() + b"="
+    if not head.startswith(prefix) or b"\n" not in head:
+        return None
+    value = head[len(prefix):head.index(b"\n")].decode("ascii", "replace")
+    return value if value.isdigit() else None
+
+
+def _without_marker(stderr: bytearray, marker: str | None) -> bytes:
+    """stderr without the wrapper's PID line."""
+    data = bytes(stderr)
+    if marker is not None and data.startswith(marker.encode() + b"="):
+        end = data.find(b"\n")
+        return data[end + 1:] if end >= 0 else b""
+    return data
 
 
 def _stderr_note(stderr: bytes) -> str:

@@ -22,7 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -158,18 +158,12 @@ def _run_pool(tasks: list[_GroupTask], jobs: int, budget_mb: int, notify: EventC
     pool = _new_pool(jobs, ctx, events)
     try:
         while pending or running:
-            used = sum(estimate_build_memory_mb(t.group) for t in running.values())
-            for task in list(pending):
-                if len(running) >= jobs:
-                    break
-                need = estimate_build_memory_mb(task.group)
-                if running and used + need > budget_mb:
-                    continue
+            running_mb = [estimate_build_memory_mb(t.group) for t in running.values()]
+            for task in admit(pending, running_mb, jobs, budget_mb, lambda t: estimate_build_memory_mb(t.group)):
                 pending.remove(task)
                 running[pool.submit(_build_group, task)] = task
-                used += need
                 notify({"event": "group-start", "name": task.group.name(), "artifacts": len(task.items),
-                        "estimated_memory_mb": need})
+                        "estimated_memory_mb": estimate_build_memory_mb(task.group)})
             done, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
             _drain(events, notify)
             broken = False
@@ -204,6 +198,29 @@ def _run_pool(tasks: list[_GroupTask], jobs: int, budget_mb: int, notify: EventC
     finally:
         pool.shutdown(cancel_futures=True)
     return outcomes
+
+
+T = TypeVar("T")
+
+
+def admit(pending: Sequence[T], running_mb: Sequence[int], jobs: int, budget_mb: int,
+          need_mb: Callable[[T], int]) -> list[T]:
+    """Which of ``pending`` (in order) start now, beside builds already using ``running_mb``: at most ``jobs`` at
+    once, and together within ``budget_mb`` of estimated peak memory -- except that a build larger than the whole
+    budget still runs when nothing else does (alone), or it would never run."""
+    started: list[T] = []
+    used_mb = sum(running_mb)
+    count = len(running_mb)
+    for task in pending:
+        if count >= jobs:
+            break
+        need = need_mb(task)
+        if count and used_mb + need > budget_mb:
+            continue
+        started.append(task)
+        used_mb += need
+        count += 1
+    return started
 
 
 def _new_pool(jobs: int, ctx: Any, events: Any) -> ProcessPoolExecutor:

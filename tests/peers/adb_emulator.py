@@ -36,10 +36,19 @@ The sandbox. The emulator cannot chroot, so device paths are mapped onto ``sandb
 ``populate_sandbox`` lays out a phone: data/local/tmp, props.txt + a ``getprop`` script, battery, thermal zone and
 four CPUs' cpufreq files (plain files that tests can rewrite while a run is going).
 
-Faults: ``fault="drop-mid-transfer"`` closes the connection once ``fault_bytes`` of SEND data arrived;
-``"never-auth"`` sends the first TOKEN and then never answers any AUTH (the client stays "authorizing");
-``"slow"`` sleeps ``slow_ms`` before every packet the emulator sends; a small ``maxdata`` (e.g. 4096) is just the
-constructor argument.
+Faults: ``fault="drop-mid-transfer"`` closes the connection once ``fault_bytes`` of SEND data arrived on it;
+``"drop-mid-shell"`` closes the connection ``fault_delay_s`` after a shell command containing ``fault_match`` started
+(the command's processes are killed with the connection, as below); ``"disk-full"`` gives the files under the
+sandbox's ``/data`` ``fault_bytes`` of room in all (a SEND that would exceed it fails with ENOSPC, answered like adbd:
+FAIL "write failed: No space left on device", the partial file removed; deleting files makes room again); ``"never-auth"`` sends the first TOKEN and then never answers
+any AUTH (the client stays "authorizing"); ``"slow"`` sleeps ``slow_ms`` before every packet the emulator sends.
+``fault_times`` limits how often a drop fires (None: every time). A small ``maxdata`` (e.g. 4096) is just the
+constructor argument. A real write error on the host (a full filesystem under the sandbox) gets the same FAIL.
+
+When a connection ends, the emulator kills the processes of its shell streams (``/bin/sh`` in a session of its own,
+killed as a process group). :meth:`AdbEmulator.leftover_processes` lists processes still running whose command
+line names the sandbox (what a test checks after a run); :meth:`AdbEmulator.stop` makes the device disappear (the
+port then refuses connections).
 """
 
 from __future__ import annotations
@@ -78,7 +87,7 @@ SHELL_STDIN, SHELL_STDOUT, SHELL_STDERR, SHELL_EXIT, SHELL_CLOSE_STDIN, SHELL_WI
 FEATURES = ("shell_v2", "cmd", "stat_v2", "ls_v2", "fixed_push_mkdir")
 REWRITTEN_PREFIXES = ("/data/", "/sdcard", "/sys/class/", "/sys/devices/system/cpu/", "/system/")
 AUTH_MODES = ("accept", "accept-new", "never", "none")
-FAULTS = (None, "drop-mid-transfer", "never-auth", "slow")
+FAULTS = (None, "drop-mid-transfer", "drop-mid-shell", "disk-full", "never-auth", "slow")
 
 DEFAULT_PROPS = {
     "ro.product.name": "farmbench_emu",
@@ -464,7 +473,8 @@ class AdbEmulator:
     def __init__(self, sandbox_dir: Path | str, *, port: int = 0, auth: str = "accept",
                  authorized_keys: Sequence[str | os.PathLike[str]] = (), props: Mapping[str, str] | None = None,
                  maxdata: int = DEFAULT_MAXDATA, fault: str | None = None, fault_bytes: int = 64 * 1024,
-                 slow_ms: float = 100.0, features: Sequence[str] = FEATURES):
+                 slow_ms: float = 100.0, features: Sequence[str] = FEATURES, fault_times: int | None = None,
+                 fault_match: str = "benchmark_model", fault_delay_s: float = 1.0):
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
         if fault not in FAULTS:
@@ -475,6 +485,11 @@ class AdbEmulator:
         self.maxdata = maxdata
         self.fault = fault
         self.fault_bytes = fault_bytes
+        self.fault_times = fault_times
+        self.fault_match = fault_match
+        self.fault_delay_s = fault_delay_s
+        self.faults_fired = 0
+        self._fault_lock = threading.Lock()
         self.slow_ms = slow_ms
         self.features = tuple(features)
         self.authorized_keys: list[str] = [_key_line(k) for k in authorized_keys]
@@ -487,6 +502,25 @@ class AdbEmulator:
         self._stopping = threading.Event()
         self.port = 0
         self.benchmark_model_path: Path | None = None  # set by install_benchmark_model via the fixture
+
+    def _fire(self) -> bool:
+        """Whether a drop fault fires now (at most ``fault_times`` times)."""
+        with self._fault_lock:
+            if self.fault_times is not None and self.faults_fired >= self.fault_times:
+                return False
+            self.faults_fired += 1
+            return True
+
+    def leftover_processes(self) -> list[str]:
+        """Command lines of running processes that mention the sandbox (commands the emulator ran)."""
+        found = []
+        marker = str(self.sandbox).encode()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                data = cmdline.read_bytes()
+                if marker in data and int(cmdline.parent.name) != os.getpid():
+                    found.append(data.replace(b"\0", b" ").decode(errors="replace").strip())
+        return found
 
     # keys
     def authorize(self, key_line: str) -> None:
@@ -657,8 +691,16 @@ class AdbEmulator:
             if stream.closed.is_set():
                 self._kill(process)
 
+    def _drop_later(self, stream: _Stream, command: str) -> None:
+        """The drop-mid-shell fault: close the connection a while after a matching command started."""
+        if self.fault == "drop-mid-shell" and self.fault_match in command and self._fire():
+            timer = threading.Timer(self.fault_delay_s, stream.conn.kill)
+            timer.daemon = True
+            timer.start()
+
     def _shell_v1(self, stream: _Stream, command: str) -> None:
         process = self._spawn(command, merge_stderr=True)
+        self._drop_later(stream, command)
         threading.Thread(target=self._pump_stdin, args=(stream, process, False), daemon=True).start()
         assert process.stdout is not None
         try:
@@ -673,6 +715,7 @@ class AdbEmulator:
 
     def _shell_v2(self, stream: _Stream, command: str) -> None:
         process = self._spawn(command, merge_stderr=False)
+        self._drop_later(stream, command)
         threading.Thread(target=self._pump_stdin, args=(stream, process, True), daemon=True).start()
         write_lock = threading.Lock()
         chunk = max(1, stream.conn.max_payload - 5)
@@ -816,11 +859,21 @@ class AdbEmulator:
                         part = stream.read_exact(min(remaining, 64 * 1024))
                         remaining -= len(part)
                         conn.send_bytes_received += len(part)
-                        if self.fault == "drop-mid-transfer" and conn.send_bytes_received >= self.fault_bytes:
+                        if (self.fault == "drop-mid-transfer" and conn.send_bytes_received >= self.fault_bytes
+                                and self._fire()):
                             conn.kill()
                             return False
-                        if handle is not None:
-                            handle.write(part)
+                        if handle is not None and error is None:
+                            try:
+                                self._write(handle, part)
+                            except OSError as err:
+                                # adbd: SendSyncFailErrno(s, "write failed"), the partial file removed, the
+                                # sync service ends.
+                                handle.close()
+                                with contextlib.suppress(OSError):
+                                    os.unlink(target)  # type: ignore[arg-type]
+                                self._sync_fail(stream, f"write failed: {err.strerror or err}")
+                                return False
                         elif stat.S_ISLNK(mode):
                             link_target += part
                 elif request == b"DONE":
@@ -851,6 +904,24 @@ class AdbEmulator:
         else:
             stream.write(b"OKAY" + struct.pack("<I", 0))
         return True
+
+    def _write(self, handle: Any, data: bytes) -> None:
+        """Write SEND data, as the device's storage allows: with the disk-full fault, the files under the sandbox's
+        /data may hold ``fault_bytes`` in all (deleting files makes room again, as on a real filesystem)."""
+        if self.fault == "disk-full":
+            with self._fault_lock:
+                handle.flush()
+                if self._data_bytes() + len(data) > self.fault_bytes:
+                    raise OSError(28, os.strerror(28))  # ENOSPC
+        handle.write(data)
+
+    def _data_bytes(self) -> int:
+        total = 0
+        for path in (self.sandbox / "data").rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file() and not path.is_symlink():
+                    total += path.stat().st_size
+        return total
 
     def _sync_recv(self, stream: _Stream, path: str) -> None:
         try:

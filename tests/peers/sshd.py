@@ -115,7 +115,7 @@ def _wait_for_banner(process: subprocess.Popen[bytes], port: int) -> bool:
     return False
 
 
-def _config(directory: Path, port: int, user: str) -> Path:
+def _config(directory: Path, port: int, user: str, extra: str = "") -> Path:
     path = directory / "sshd_config"
     path.write_text(f"""\
 Port {port}
@@ -139,8 +139,15 @@ PrintMotd no
 MaxStartups 100
 MaxSessions 30
 LogLevel VERBOSE
-""")
+{extra}""")
     return path
+
+
+# bash sources ~/.bashrc for every command sshd runs (Debian builds it so) when it is the first shell level. A session
+# environment that says it is not (SHLVL=1: bash makes it 2) skips that, as a board without a heavy rc file would:
+# on a machine whose ~/.bashrc runs `pyenv init`, that is ~0.2 s saved on every command. For benchmarks that measure
+# farmbench rather than this machine's login shell.
+LEAN_SHELL_CONFIG = "SetEnv SHLVL=1\n"
 
 
 class SshdStartError(RuntimeError):
@@ -148,9 +155,9 @@ class SshdStartError(RuntimeError):
 
 
 @contextlib.contextmanager
-def running_sshd(directory: Path) -> Iterator[SshdPeer]:
+def running_sshd(directory: Path, *, extra_config: str = "") -> Iterator[SshdPeer]:
     """Start sshd with fresh keys in ``directory`` (which must exist) and stop it on exit. Used by the ``sshd``
-    fixture and by the benchmarks under benchmarks/ (outside pytest)."""
+    fixture and by the benchmarks under benchmarks/ (outside pytest). ``extra_config``: more sshd_config lines."""
     user = getpass.getuser()
     host_key_line = keygen(directory / "host_ed25519", "farmbench-test-host")
     other_key_line = keygen(directory / "other_host_ed25519", "farmbench-test-other-host")
@@ -163,7 +170,7 @@ def running_sshd(directory: Path) -> Iterator[SshdPeer]:
     log = directory / "sshd.log"
     for _attempt in range(5):  # the free port can be taken between probing it and sshd binding it
         port = _free_port()
-        config = _config(directory, port, user)
+        config = _config(directory, port, user, extra_config)
         checked = subprocess.run([str(SSHD), "-t", "-f", str(config)], check=False, capture_output=True, text=True)
         if checked.returncode != 0:
             raise SshdStartError(f"sshd rejected the test configuration:\n{checked.stderr}")
@@ -187,6 +194,105 @@ def running_sshd(directory: Path) -> Iterator[SshdPeer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """PIDs of every process below ``pid`` (from /proc), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int(next(line for line in status.read_text().splitlines() if line.startswith("PPid:")).split()[1])
+            children.setdefault(ppid, []).append(int(status.parent.name))
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        for child in children.get(queue.pop(0), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class RestartableSshd:
+    """An sshd of its own on a fixed port, which a test can crash and start again (the fault tests).
+
+    :meth:`crash` SIGKILLs the listener and every sshd session process under it, as when a board's sshd dies or the
+    link drops for good: clients see their connections reset, and the commands those sessions started keep running,
+    orphaned (that is what farmbench must clean up after reconnecting). :meth:`start` starts it again on the same
+    port with the same host key."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        user = getpass.getuser()
+        host_key_line = keygen(directory / "host_ed25519", "farmbench-test-host")
+        other_key_line = keygen(directory / "other_host_ed25519", "farmbench-test-other-host")
+        keygen(directory / "client_ed25519", "farmbench-test-client")
+        (directory / "authorized_keys").write_text((directory / "client_ed25519.pub").read_text())
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self.log = directory / "sshd.log"
+        self.port = _free_port()
+        self.config = _config(directory, self.port, user)
+        checked = subprocess.run([str(SSHD), "-t", "-f", str(self.config)], check=False, capture_output=True,
+                                 text=True)
+        if checked.returncode != 0:
+            raise SshdStartError(f"sshd rejected the test configuration:\n{checked.stderr}")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.peer = SshdPeer(host="127.0.0.1", port=self.port, user=user, directory=directory,
+                             client_key=directory / "client_ed25519", host_key_line=host_key_line,
+                             host_public_key=directory / "host_ed25519.pub", other_key_line=other_key_line,
+                             log=self.log)
+
+    def start(self) -> None:
+        end_s = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:  # the port can linger for a moment after a crash
+            with self.log.open("ab") as log_handle:
+                self.process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(self.config)],
+                                                stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle)
+            if _wait_for_banner(self.process, self.port):
+                return
+            self.process.kill()
+            self.process.wait()
+            if time.monotonic() > end_s:
+                raise SshdStartError(f"sshd did not start again on port {self.port}; its log:\n"
+                                     f"{self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def crash(self) -> list[int]:
+        """SIGKILL the listener and its sshd session processes; returns the PIDs killed."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        sessions = [pid for pid in _descendants(self.process.pid) if _comm(pid).startswith("sshd")]
+        for pid in [self.process.pid, *sessions]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        self.process.wait()
+        return [self.process.pid, *sessions]
+
+    def stop(self) -> None:
+        self.crash()
+
+
+@pytest.fixture
+def restartable_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableSshd]:
+    """A running sshd of the test's own (see :class:`RestartableSshd`), stopped at teardown."""
+    require_tool(str(SSHD))
+    require_tool("ssh-keygen")
+    try:
+        server = RestartableSshd(tmp_path_factory.mktemp("own-sshd"))
+        server.start()
+    except SshdStartError as err:
+        pytest.fail(str(err))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
