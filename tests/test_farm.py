@@ -71,6 +71,15 @@ def finish(proc: subprocess.Popen[str], timeout_s: float = 300) -> subprocess.Co
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def signal_and_finish(proc: subprocess.Popen[str], signum: int,
+                      timeout_s: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Send ``signum`` to farmbench and wait for it to exit: its result, and seconds from the signal to the exit."""
+    signalled = time.monotonic()
+    proc.send_signal(signum)
+    done = finish(proc, timeout_s=timeout_s)
+    return done, time.monotonic() - signalled
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 120, poll_s: float = 0.1) -> T:
     end_s = time.monotonic() + timeout_s
     while time.monotonic() < end_s:
@@ -521,10 +530,7 @@ def test_sigint_ends_the_measurement_on_the_board_and_exits_130(sshd: SshdPeer, 
     try:
         wait_for("the agent on the board", lambda: agents(marker))
         time.sleep(0.5)
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        done = finish(proc, timeout_s=60)
-        seconds = time.monotonic() - signalled
+        done, seconds = signal_and_finish(proc, signal.SIGINT)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -551,10 +557,7 @@ def test_sigterm_on_a_phone_kills_the_benchmark_there(adb_emulator: Any, cache: 
                  *flags(min_s=30), cache_dir=cache)
     try:
         wait_for("benchmark_model on the phone", lambda: [p for p in emulator.leftover_processes() if "--graph=" in p])
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        done = finish(proc, timeout_s=60)
-        seconds = time.monotonic() - signalled
+        done, seconds = signal_and_finish(proc, signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -586,10 +589,7 @@ def test_second_sigint_stops_waiting_for_a_wedged_board(restartable_sshd: Restar
         proc.send_signal(signal.SIGINT)
         time.sleep(1.0)
         assert proc.poll() is None, "the first Ctrl-C waits for the board"
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        done = finish(proc, timeout_s=60)
-        seconds = time.monotonic() - signalled
+        done, seconds = signal_and_finish(proc, signal.SIGINT)
     finally:
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
